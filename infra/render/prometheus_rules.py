@@ -39,12 +39,10 @@ import yaml
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
+from infra.render.telemetry import DCGM_JOB, NGINX_JOB, VLLM_JOB
 
 RULES_PATH = "prometheus/rules/gpufleet.rules.yaml"
 
-VLLM_JOB = "vllm"
-NGINX_JOB = "nginx"
-DCGM_JOB = "dcgm"
 
 SUCCESS_OBJECTIVE = 0.995
 ERROR_BUDGET = 1 - SUCCESS_OBJECTIVE
