@@ -11,11 +11,15 @@ Label and job contract (the scrape config must produce exactly these):
   with their exposed ``_total`` suffix; every metric name used here is in the pinned vLLM's metric list
   (``reference/vllm-0.33-metrics.tsv``), checked by the tests.
 - job ``nginx``: Debian's ``prometheus-nginx-exporter`` reading ``stub_status`` (``nginx_up``,
-  ``nginx_http_requests_total``, ``nginx_connections_*``). stub_status has no status codes, so the error
-  ratio comes from vLLM's ``vllm:request_success_total{finished_reason}``: ``error`` counts against the
-  error budget; ``abort`` (client gone, e.g. a cancelled stream) is recorded separately and does not burn
-  budget. Requests Nginx answers itself (502/504 when backends are down) are covered by the backend-down
-  alerts and ``GpufleetLoadBalancerDown``, not by the ratio.
+  ``nginx_http_requests_total``, ``nginx_connections_*``). stub_status has no status codes:
+- job ``nginx-log``: mtail over the LB's JSON access log (``templates/mtail/``) counts responses by
+  ``deployment`` and ``status`` and times the upstream.
+
+Errors: two sources, recorded separately and combined into ``deployment:request_errors:ratio_rate<W>``
+(the worse of the two), which the burn-rate alerts read. vLLM's ``vllm:request_success_total`` with
+``finished_reason="error"`` counts engine failures; Nginx's 5xx also count requests that never reached a
+replica (502/503/504). ``abort`` (client gone, e.g. a cancelled stream) is recorded separately and does not
+burn budget; neither do 4xx (the client's fault: bad key, rate limit, too large).
 - job ``dcgm``: NVIDIA dcgm-exporter (``DCGM_FI_DEV_XID_ERRORS``, ``DCGM_FI_DEV_GPU_TEMP``,
   ``DCGM_FI_DEV_FB_USED``/``DCGM_FI_DEV_FB_FREE``). GPU alerts keep the series' labels; a ``deployment``
   target label is expected on hosts dedicated to one deployment and is then carried into the alert.
@@ -39,7 +43,14 @@ import yaml
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
-from infra.render.telemetry import DCGM_JOB, NGINX_JOB, VLLM_JOB
+from infra.render.telemetry import (
+    DCGM_JOB,
+    NGINX_JOB,
+    NGINX_LOG_JOB,
+    NGINX_RESPONSES,
+    NGINX_UPSTREAM_SECONDS,
+    VLLM_JOB,
+)
 
 RULES_PATH = "prometheus/rules/gpufleet.rules.yaml"
 
@@ -74,6 +85,7 @@ VLLM_METRICS_USED = (
 )
 
 V = f'job="{VLLM_JOB}"'
+L = f'job="{NGINX_LOG_JOB}"'
 
 
 def _num(value: float) -> str:
@@ -104,9 +116,25 @@ def recording_rules() -> list[dict[str, Any]]:
         rec(f"deployment:vllm_request_errors:ratio_rate{window}",
             f'sum by (deployment) (rate(vllm:request_success_total{{{V},finished_reason="error"}}[{window}]))'
             f" / sum by (deployment) (rate(vllm:request_success_total{{{V}}}[{window}]))")
+        rec(f"deployment:nginx_http_errors:ratio_rate{window}",
+            f'sum by (deployment) (rate({NGINX_RESPONSES}{{{L},status=~"5.."}}[{window}]))'
+            f" / sum by (deployment) (rate({NGINX_RESPONSES}{{{L}}}[{window}]))")
+        # What clients see: the worse of the two. Nginx's 5xx include requests that never reached a replica
+        # (502/503/504); vLLM's errors cover a target whose LB logs are not scraped. label_replace keeps
+        # both series apart for `or`, max folds them.
+        rec(f"deployment:request_errors:ratio_rate{window}",
+            f'max by (deployment) (label_replace(deployment:vllm_request_errors:ratio_rate{window}, '
+            f'"source", "vllm", "", "") or label_replace(deployment:nginx_http_errors:ratio_rate{window}, '
+            f'"source", "nginx", "", ""))')
     rec("deployment:vllm_request_aborts:ratio_rate5m",
         f'sum by (deployment) (rate(vllm:request_success_total{{{V},finished_reason="abort"}}[5m]))'
         f" / sum by (deployment) (rate(vllm:request_success_total{{{V}}}[5m]))")
+    rec("deployment:nginx_http_responses:rate5m",
+        f"sum by (deployment, status) (rate({NGINX_RESPONSES}{{{L}}}[5m]))")
+    for quantile in QUANTILES:
+        rec(f"deployment:nginx_upstream_seconds:{_q(quantile)}_5m",
+            f"histogram_quantile({quantile}, sum by (deployment, le) "
+            f"(rate({NGINX_UPSTREAM_SECONDS}_bucket{{{L}}}[5m])))")
     rec("deployment:vllm_requests_waiting:sum", f"sum by (deployment) (vllm:num_requests_waiting{{{V}}})")
     rec("deployment:vllm_requests_running:sum", f"sum by (deployment) (vllm:num_requests_running{{{V}}})")
     rec("deployment:vllm_kv_cache_usage:max", f"max by (deployment) (vllm:kv_cache_usage_perc{{{V}}})")
@@ -132,10 +160,17 @@ def plan_rules(deployments: Iterable[DeploymentPlan]) -> list[dict[str, Any]]:
                               ("gpufleet:plan_replicas", d.chosen.replicas),
                               ("gpufleet:plan_capacity_qps", capacity),
                               ("gpufleet:slo_ttft_p95_seconds", d.deployment.slo.ttft_p95_ms / 1000),
-                              ("gpufleet:slo_tpot_p95_seconds", d.deployment.slo.tpot_p95_ms / 1000)):
+                              ("gpufleet:slo_tpot_p95_seconds", d.deployment.slo.tpot_p95_ms / 1000),
+                              *e2e_slo(d)):
             rules.append({"record": record, "expr": f"vector({_num(round(value, 6))})",
                           "labels": {"deployment": name}})
     return rules
+
+
+def e2e_slo(d: DeploymentPlan) -> list[tuple[str, float]]:
+    """The optional end-to-end SLO as a constant series (none when the spec sets no e2eP95Ms)."""
+    e2e_ms = d.deployment.slo.e2e_p95_ms
+    return [] if e2e_ms is None else [("gpufleet:slo_e2e_p95_seconds", e2e_ms / 1000)]
 
 
 def _alert(name: str, expr: str, for_: str, severity: str, deployment: str | None,  # noqa: PLR0917
@@ -165,6 +200,7 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
     scale = ("Check the load against the plan (GpufleetLoadAboveCapacity), replicas up and KV-cache usage; "
              "add replicas (raise replicas.min in the stack and re-plan) or shed load.")
     return [
+        *e2e_alert(d),
         _alert("GpufleetTtftP95AboveSlo",
                f"deployment:vllm_ttft_seconds:p95_5m{{{sel}}} > {_num(ttft_s)}", "10m", "warning", name,
                f"{name}: TTFT p95 above its SLO of {_num(slo.ttft_p95_ms)} ms",
@@ -179,22 +215,24 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
                "Too many concurrent sequences per replica or preemptions: check running requests, KV-cache "
                "usage and preemptions; lower max_num_seqs or " + scale[0].lower() + scale[1:]),
         _alert("GpufleetErrorBudgetFastBurn",
-               f"deployment:vllm_request_errors:ratio_rate1h{{{sel}}} > {_num(fast)}"
-               f" and deployment:vllm_request_errors:ratio_rate5m{{{sel}}} > {_num(fast)}",
+               f"deployment:request_errors:ratio_rate1h{{{sel}}} > {_num(fast)}"
+               f" and deployment:request_errors:ratio_rate5m{{{sel}}} > {_num(fast)}",
                "2m", "critical", name,
                f"{name}: error budget burning {_num(FAST_BURN)}x too fast",
-               f"More than {_num(fast * 100)}% of {name}'s requests ended with finished_reason=error over "
+               f"More than {_num(fast * 100)}% of {name}'s requests failed "
+               "(vLLM finished_reason=error, or a 5xx from Nginx) over "
                f"both 1 h and 5 m; at this rate the {_num(SUCCESS_OBJECTIVE * 100)}% success objective's "
                "30-day budget is gone in about 2 days.",
                "Read the vLLM logs of the deployment's replicas (journalctl -u the vLLM unit) for engine "
                "errors or CUDA faults; check GPU XID alerts; restart a failing replica; roll back a "
                "recent model or config change."),
         _alert("GpufleetErrorBudgetSlowBurn",
-               f"deployment:vllm_request_errors:ratio_rate6h{{{sel}}} > {_num(slow)}"
-               f" and deployment:vllm_request_errors:ratio_rate30m{{{sel}}} > {_num(slow)}",
+               f"deployment:request_errors:ratio_rate6h{{{sel}}} > {_num(slow)}"
+               f" and deployment:request_errors:ratio_rate30m{{{sel}}} > {_num(slow)}",
                "15m", "warning", name,
                f"{name}: error budget burning {_num(SLOW_BURN)}x too fast",
-               f"More than {_num(slow * 100)}% of {name}'s requests ended with finished_reason=error over "
+               f"More than {_num(slow * 100)}% of {name}'s requests failed "
+               "(vLLM finished_reason=error, or a 5xx from Nginx) over "
                f"both 6 h and 30 m; the {_num(SUCCESS_OBJECTIVE * 100)}% success objective's 30-day budget "
                "is gone in about 5 days.",
                "Find which replica returns the errors (vllm:request_success_total by instance) and read its "
@@ -242,6 +280,21 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
                "Raise the deployment's expected load in the stack spec and re-plan (more replicas), or "
                "apply rate limits to the heaviest API keys."),
     ]
+
+
+def e2e_alert(d: DeploymentPlan) -> list[dict[str, Any]]:
+    e2e_ms = d.deployment.slo.e2e_p95_ms
+    if e2e_ms is None:
+        return []
+    name = d.deployment.name
+    return [_alert(
+        "GpufleetE2eP95AboveSlo",
+        f'deployment:vllm_e2e_seconds:p95_5m{{deployment="{name}"}} > {_num(e2e_ms / 1000)}', "10m", "warning", name,
+        f"{name}: end-to-end latency p95 above its SLO of {_num(e2e_ms)} ms",
+        f"End-to-end request latency p95 of {name} ({d.profile.resolved_served_name}) over 5 m has been above "
+        f"{_num(e2e_ms / 1000)} s for 10 minutes.",
+        "Longer outputs than planned or slow decoding: compare output tokens per request with the traffic "
+        "spec and check TPOT and queueing; re-plan with the real output lengths or add replicas.")]
 
 
 def fleet_alerts() -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from infra.render.artifacts import Artifact
 from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
 from infra.render.nginx import render_nginx
+from infra.render.prometheus_config import render_prometheus_config
 from infra.render.prometheus_rules import render_prometheus_rules
 from infra.render.systemd import render_systemd
 from infra.render.vllm import render_vllm
@@ -28,4 +29,5 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_compose(plan))
     artifacts.extend(render_cloudinit(plan))
     artifacts.extend(render_prometheus_rules(plan))
+    artifacts.extend(render_prometheus_config(plan))
     return sorted(artifacts)

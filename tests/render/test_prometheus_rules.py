@@ -29,6 +29,7 @@ from infra.render.prometheus_rules import (
     render_prometheus_rules,
 )
 from infra.render.stack import render_fleet
+from infra.render.telemetry import NGINX_RESPONSES, NGINX_UPSTREAM_SECONDS
 from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
@@ -105,8 +106,12 @@ def test_alerts_have_labels_and_annotations(stack: str) -> None:
         assert "http" not in alert["annotations"]["runbook"]
         if alert["alert"] not in FLEET_SCENARIOS:
             assert alert["labels"]["deployment"] in names, alert["alert"]
-    for name in names:  # every deployment gets its SLO alerts
-        assert {a["alert"] for a in alerts if a["labels"].get("deployment") == name} == set(DEPLOYMENT_SCENARIOS)
+    for d in plan.deployments:  # every deployment gets its SLO alerts
+        no_e2e = {"GpufleetE2eP95AboveSlo"} if d.deployment.slo.e2e_p95_ms is None else set()
+        expected = set(DEPLOYMENT_SCENARIOS) - no_e2e
+        assert {a["alert"] for a in alerts if a["labels"].get("deployment") == d.deployment.name} == expected
+    if stack == "prod":
+        assert any(a["alert"] == "GpufleetE2eP95AboveSlo" for a in alerts)
 
 
 # -- promtool unit tests -----------------------------------------------------------------------------------
@@ -162,10 +167,21 @@ def outcomes(d: DeploymentPlan, error_share: float) -> Series:
             series("vllm:request_success_total", vllm_labels(d) + ',finished_reason="error"', f"0+{errors!r}x60")]
 
 
+def responses(d: DeploymentPlan, share: float, error_status: str) -> Series:
+    """What mtail counts from the LB's access log: `share` of 100 requests/min answered with error_status."""
+    per_min = 100
+    lab = f'job="nginx-log",instance="lb-1:3903",deployment="{d.deployment.name}"'
+    return [series(NGINX_RESPONSES, lab + ',status="200"', f"0+{per_min * (1 - share)!r}x60"),
+            series(NGINX_RESPONSES, lab + f',status="{error_status}"', f"0+{per_min * share!r}x60")]
+
+
 def fast_burn(d: DeploymentPlan) -> Scenario:
     threshold = FAST_BURN * ERROR_BUDGET
     return Scenario(Case(outcomes(d, threshold * 1.4), "30m", [{}]),
-                    Case(outcomes(d, threshold * 0.7), "30m", []))
+                    Case(outcomes(d, threshold * 0.7), "30m", []),
+                    more=(  # 502s that never reached vLLM burn budget; client errors (429) do not
+                        Case(outcomes(d, 0) + responses(d, threshold * 1.4, "502"), "30m", [{}]),
+                        Case(outcomes(d, 0) + responses(d, 0.5, "429"), "30m", [])))
 
 
 def slow_burn(d: DeploymentPlan) -> Scenario:
@@ -212,7 +228,13 @@ def load_above(d: DeploymentPlan) -> Scenario:
     return Scenario(Case(case(1.5), "40m", [{}]), Case(case(0.5), "40m", []))
 
 
+def e2e_latency(d: DeploymentPlan) -> Scenario:
+    assert d.deployment.slo.e2e_p95_ms is not None
+    return latency("vllm:e2e_request_latency_seconds", d.deployment.slo.e2e_p95_ms / 1000)(d)
+
+
 DEPLOYMENT_SCENARIOS: dict[str, Callable[[DeploymentPlan], Scenario]] = {
+    "GpufleetE2eP95AboveSlo": e2e_latency,  # only for deployments whose SLO sets e2eP95Ms
     "GpufleetTtftP95AboveSlo": lambda d: latency("vllm:time_to_first_token_seconds",
                                                  d.deployment.slo.ttft_p95_ms / 1000)(d),
     "GpufleetTpotP95AboveSlo": lambda d: latency("vllm:inter_token_latency_seconds",
@@ -296,6 +318,10 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
             series("vllm:prefix_cache_queries_total", lab, "0+400x60"),
             series("vllm:prefix_cache_hits_total", lab, "0+100x60"),
             *up_series(d, "1", "0"),
+            *responses(d, 0.03, "503"),
+            series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="1"', "0+50x60"),
+            series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="2"', "0+100x60"),
+            series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="+Inf"', "0+100x60"),
         ],
         "promql_expr_test": [
             {"expr": "deployment:vllm_usd_per_m_output_tokens:rate5m", "eval_time": "30m",
@@ -308,6 +334,16 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
              "exp_samples": [{"labels": out("deployment:vllm_requests:rate5m"), "value": 100}]},
             {"expr": "deployment:vllm_prefix_cache_hits:ratio_rate5m", "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:vllm_prefix_cache_hits:ratio_rate5m"), "value": 0.25}]},
+            {"expr": "deployment:nginx_http_errors:ratio_rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:nginx_http_errors:ratio_rate5m"), "value": 0.03}]},
+            # the worse of vLLM's 1% and Nginx's 3%
+            {"expr": "deployment:request_errors:ratio_rate1h", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:request_errors:ratio_rate1h"), "value": 0.03}]},
+            {"expr": 'deployment:nginx_http_responses:rate5m{status="503"}', "eval_time": "30m",
+             "exp_samples": [{"labels": f'deployment:nginx_http_responses:rate5m{{deployment="{name}",status="503"}}',
+                              "value": 0.05}]},
+            {"expr": "deployment:nginx_upstream_seconds:p50_5m", "eval_time": "30m",  # half the requests within 1 s
+             "exp_samples": [{"labels": out("deployment:nginx_upstream_seconds:p50_5m"), "value": 1}]},
             {"expr": "deployment:vllm_replicas_up:sum", "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:vllm_replicas_up:sum"), "value": 1}]},
         ],
