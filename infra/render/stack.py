@@ -6,6 +6,7 @@ from infra.plan.optimize import FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
+from infra.render.mtail import render_mtail
 from infra.render.nginx import render_nginx
 from infra.render.prometheus_config import render_prometheus_config
 from infra.render.prometheus_rules import render_prometheus_rules
@@ -30,4 +31,5 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_cloudinit(plan))
     artifacts.extend(render_prometheus_rules(plan))
     artifacts.extend(render_prometheus_config(plan))
+    artifacts.extend(render_mtail(plan))
     return sorted(artifacts)
