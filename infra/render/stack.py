@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from infra.plan.optimize import FleetPlan
+from infra.render.alertmanager import render_alertmanager
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
@@ -32,4 +33,5 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_prometheus_rules(plan))
     artifacts.extend(render_prometheus_config(plan))
     artifacts.extend(render_mtail(plan))
+    artifacts.extend(render_alertmanager(plan))
     return sorted(artifacts)

@@ -13,6 +13,7 @@ from infra.catalog import Catalog, load_catalog
 from infra.catalog.schema import Architecture, Gpu
 from infra.plan.memory import GIB, ReplicaMemory, replica_memory, tensor_parallel_problem
 from infra.render.vllm_flags import validate_engine_args
+from infra.spec.alerting import Alerting
 from infra.spec.issues import SpecIssue
 from infra.spec.locate import Locator
 from infra.spec.profile import BaseModelArchitecture, HuggingFaceWeights, ModelProfile
@@ -36,6 +37,7 @@ def check_stack(
     yield from _check_target(spec, provider_config, locator, catalog)
     yield from _check_names(spec, locator, profiles)
     yield from _check_pricing(spec, locator, catalog)
+    yield from _check_alerting(spec, locator)
     yield from check_profiles(profiles)
     for index, deployment in enumerate(spec.deployments):
         yield from _check_gpus(spec, index, deployment, locator, catalog)
@@ -258,6 +260,47 @@ def _check_pricing(spec: StackSpec, locator: Locator, catalog: Catalog) -> Itera
         if name not in catalog.instances:
             yield locator.issue(("pricing", "instancePrices", name), f"unknown instance type '{name}'",
                                 did_you_mean(name, catalog.instances), at_key=True)
+
+
+def _check_alerting(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
+    """Receiver names are unique and exist; overrides name deployments of this stack."""
+    alerting = spec.alerting
+    if alerting is None:
+        return
+    names: dict[str, int] = {}
+    for index, receiver in enumerate(alerting.receivers):
+        if receiver.name in names:
+            yield locator.issue(("alerting", "receivers", index, "name"),
+                                f"receiver '{receiver.name}' is already defined as receivers[{names[receiver.name]}]",
+                                "receiver names must be unique: rename one")
+        names.setdefault(receiver.name, index)
+    deployments = [deployment.name for deployment in spec.deployments]
+    for name in alerting.deployments:
+        if name not in deployments:
+            yield locator.issue(("alerting", "deployments", name), f"no deployment '{name}' in this stack",
+                                did_you_mean(name, deployments), at_key=True)
+    used: set[str] = set()
+    for path, chosen in _alerting_routes(alerting):
+        used.update(chosen)
+        for index, name in enumerate(chosen):
+            if name not in names:
+                yield locator.issue((*path, index), f"unknown receiver '{name}'", did_you_mean(name, names))
+    for name, index in names.items():
+        if alerting.routes is not None and name not in used:
+            yield locator.issue(("alerting", "receivers", index, "name"),
+                                f"receiver '{name}' is in no route: it never gets an alert",
+                                "add it to routes.critical or routes.warning, or remove it", severity="warning")
+
+
+def _alerting_routes(alerting: Alerting) -> Iterator[tuple[tuple[str | int, ...], list[str]]]:
+    """Every list of receiver names in the alerting section, with its path."""
+    if alerting.routes is not None:
+        yield ("alerting", "routes", "critical"), alerting.routes.critical
+        yield ("alerting", "routes", "warning"), alerting.routes.warning
+    for name, override in alerting.deployments.items():
+        for severity, chosen in (("critical", override.critical), ("warning", override.warning)):
+            if chosen is not None:
+                yield ("alerting", "deployments", name, severity), chosen
 
 
 def _offered_gpus(spec: StackSpec, catalog: Catalog) -> dict[str, int]:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
+from infra.spec.alerting import Alerting
 from infra.spec.base import DNS_LABEL, SpecModel
 from infra.spec.secrets import SecretRef
 from infra.spec.tokens import TokenLengths
@@ -258,6 +259,8 @@ class StackSpec(SpecModel):
     eks: EksCluster | None = None
     """Cluster settings (eks target only)."""
     deployments: list[Deployment] = Field(min_length=1)
+    alerting: Alerting | None = None
+    """Who gets the fleet's alerts; without it alerts only show in Alertmanager's UI."""
 
     @field_validator("zones")
     @classmethod
