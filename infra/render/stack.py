@@ -7,6 +7,7 @@ from infra.render.alertmanager import render_alertmanager
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
+from infra.render.dashboards import render_dashboards
 from infra.render.mtail import render_mtail
 from infra.render.nginx import render_nginx
 from infra.render.prometheus_config import render_prometheus_config
@@ -34,4 +35,5 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_prometheus_config(plan))
     artifacts.extend(render_mtail(plan))
     artifacts.extend(render_alertmanager(plan))
+    artifacts.extend(render_dashboards(plan))
     return sorted(artifacts)
