@@ -81,6 +81,7 @@ class PrometheusLayout:
 
     config_dir: str = f"{CONFIG_DIR}/prometheus"
     scrape_interval: str = "15s"
+    scrape_timeout: str = "10s"  # vLLM renders /metrics in its API process: allow a busy one time to answer
     evaluation_interval: str = "15s"
     alertmanager: str = f"127.0.0.1:{ALERTMANAGER_PORT}"  # Alertmanager runs beside Prometheus
     prometheus: str = f"127.0.0.1:{PROMETHEUS_PORT}"
@@ -145,7 +146,9 @@ def deployment_labels(plan: DeploymentPlan) -> dict[str, str]:
     return {
         DEPLOYMENT_LABEL: plan.deployment.name,
         MODEL_LABEL: plan.profile.resolved_served_name,
-        "gpu": plan.chosen.config.gpu.name,
+        # Not `gpu`: dcgm-exporter labels each series with gpu=<index>, and a target label of the same name
+        # would overwrite it (the index moves to exported_gpu and alerts no longer say which GPU).
+        "gpu_type": plan.chosen.config.gpu.name,
         "instance_type": plan.chosen.machine.instance.name,
         "tensor_parallel": str(plan.chosen.config.tp),
     }

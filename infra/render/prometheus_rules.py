@@ -116,9 +116,12 @@ def recording_rules() -> list[dict[str, Any]]:
         rec(f"deployment:vllm_request_errors:ratio_rate{window}",
             f'sum by (deployment) (rate(vllm:request_success_total{{{V},finished_reason="error"}}[{window}]))'
             f" / sum by (deployment) (rate(vllm:request_success_total{{{V}}}[{window}]))")
+        # mtail creates a status's series at its first occurrence: without a 5xx yet, `or ... * 0` makes the
+        # ratio 0 instead of no data.
+        all_responses = f"sum by (deployment) (rate({NGINX_RESPONSES}{{{L}}}[{window}]))"
         rec(f"deployment:nginx_http_errors:ratio_rate{window}",
-            f'sum by (deployment) (rate({NGINX_RESPONSES}{{{L},status=~"5.."}}[{window}]))'
-            f" / sum by (deployment) (rate({NGINX_RESPONSES}{{{L}}}[{window}]))")
+            f'(sum by (deployment) (rate({NGINX_RESPONSES}{{{L},status=~"5.."}}[{window}])) or {all_responses} * 0)'
+            f" / {all_responses}")
         # What clients see: the worse of the two. Nginx's 5xx include requests that never reached a replica
         # (502/503/504); vLLM's errors cover a target whose LB logs are not scraped. label_replace keeps
         # both series apart for `or`, max folds them.

@@ -4,6 +4,7 @@ scrape config and the rules; the prometheus-operator objects of the EKS stack.""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -21,6 +22,7 @@ from infra.render.prometheus_config import (
     SERVICE_MONITORS_PATH,
     PrometheusLayout,
     dcgm_targets,
+    deployment_labels,
     host_targets,
     render_prometheus_config,
     targets_file,
@@ -32,6 +34,7 @@ from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
+METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
 HOST_STACKS = ["dev", "staging", "onprem-a800"]
 TIMEOUT_S = 60
 
@@ -109,9 +112,24 @@ def test_file_sd_labels_come_from_the_plan() -> None:
     [group] = json.loads(vllm_targets(d, ["gpu-a800-01", "gpu-a800-01:8001", "gpu-a800-01"]))
     assert group["targets"] == ["gpu-a800-01:8000", "gpu-a800-01:8001"]  # sorted, deduplicated, default port
     assert group["labels"] == {"deployment": d.deployment.name, "model": d.profile.resolved_served_name,
-                               "gpu": d.chosen.config.gpu.name, "instance_type": d.chosen.machine.instance.name,
+                               "gpu_type": d.chosen.config.gpu.name,
+                               "instance_type": d.chosen.machine.instance.name,
                                "tensor_parallel": str(d.chosen.config.tp)}
     assert json.loads(host_targets(NODE_JOB, [])) == []  # no host yet: an empty, valid file
+
+
+def exporter_labels() -> set[str]:
+    """Labels the exporters put on their own series: a target label of the same name would overwrite them."""
+    with METRICS_TSV.open(encoding="utf-8") as f:
+        vllm = {label for row in csv.DictReader(f, delimiter="\t") for label in row["labels"].split(",")}
+    dcgm = {"gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id", "DCGM_FI_DRIVER_VERSION"}
+    return vllm | dcgm | {"le", "quantile"}
+
+
+@pytest.mark.parametrize("stack", [*HOST_STACKS, "prod"])
+def test_target_labels_never_overwrite_an_exporter_label(stack: str) -> None:
+    for d in plan_for(stack).deployments:
+        assert not set(deployment_labels(d)) & exporter_labels()
 
 
 # -- EKS ---------------------------------------------------------------------------------------------------

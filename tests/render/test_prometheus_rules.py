@@ -301,7 +301,7 @@ def unit_tests(plan: FleetPlan, alerts: list[dict[str, Any]]) -> list[dict[str, 
 def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
     """The recorded series a dashboard reads: cost per 1M output tokens, error ratio, hit rate, replicas.
     Rates are whole numbers per second so sums over series are exact whatever their order."""
-    d = plan.deployments[0]
+    d, other = plan.deployments[:2]
     assert d.chosen is not None
     name = d.deployment.name
     lab = vllm_labels(d)
@@ -319,6 +319,7 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
             series("vllm:prefix_cache_hits_total", lab, "0+100x60"),
             *up_series(d, "1", "0"),
             *responses(d, 0.03, "503"),
+            *responses(other, 0, "500")[:1],  # only 200s logged for the other deployment: no 5xx series
             series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="1"', "0+50x60"),
             series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="2"', "0+100x60"),
             series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="+Inf"', "0+100x60"),
@@ -334,10 +335,14 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
              "exp_samples": [{"labels": out("deployment:vllm_requests:rate5m"), "value": 100}]},
             {"expr": "deployment:vllm_prefix_cache_hits:ratio_rate5m", "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:vllm_prefix_cache_hits:ratio_rate5m"), "value": 0.25}]},
-            {"expr": "deployment:nginx_http_errors:ratio_rate5m", "eval_time": "30m",
+            {"expr": out("deployment:nginx_http_errors:ratio_rate5m"), "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:nginx_http_errors:ratio_rate5m"), "value": 0.03}]},
+            {"expr": f'deployment:nginx_http_errors:ratio_rate5m{{deployment="{other.deployment.name}"}}',
+             "eval_time": "30m",  # 0, not "no data", before the first 5xx
+             "exp_samples": [{"labels": f'deployment:nginx_http_errors:ratio_rate5m'
+                                        f'{{deployment="{other.deployment.name}"}}', "value": 0}]},
             # the worse of vLLM's 1% and Nginx's 3%
-            {"expr": "deployment:request_errors:ratio_rate1h", "eval_time": "30m",
+            {"expr": out("deployment:request_errors:ratio_rate1h"), "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:request_errors:ratio_rate1h"), "value": 0.03}]},
             {"expr": 'deployment:nginx_http_responses:rate5m{status="503"}', "eval_time": "30m",
              "exp_samples": [{"labels": f'deployment:nginx_http_responses:rate5m{{deployment="{name}",status="503"}}',

@@ -35,8 +35,9 @@ def _status() -> Row:
                    "5 m from the recording rule deployment:nginx_http_errors:ratio_rate5m (dashed), and over "
                    "$__rate_interval from the raw counter, which also shows responses Nginx answered itself "
                    "(empty deployment).", "percentunit",
-                   [Q(f"sum by (deployment) ({SERVER_ERRORS}) / sum by (deployment) ({RESPONSES})",
-                      "{{deployment}}"),
+                   # mtail creates a status's series with its first line: `or ... * 0` shows 0, not no data.
+                   [Q(f"(sum by (deployment) ({SERVER_ERRORS}) or sum by (deployment) ({RESPONSES}) * 0)"
+                      f" / sum by (deployment) ({RESPONSES})", "{{deployment}}"),
                     Q(f"deployment:nginx_http_errors:ratio_rate5m{{{DEP}}}", "{{deployment}} 5m", line="ref")],
                    width=10),
         timeseries("Responses/s by status code", f"Responses per second by exact status code ({NGINX_RESPONSES}), "
