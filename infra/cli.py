@@ -14,8 +14,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from infra.bench.cli import bench_command
+from infra.calibrate.cli import calibrate_command
 from infra.catalog import load_catalog
 from infra.catalog.schema import Architecture
+from infra.emulate.cli import emulate_command
 from infra.plan.estimate import Load, estimate_json, run
 from infra.plan.optimize import plan_stack
 from infra.plan.perf import GpuLink
@@ -27,7 +30,7 @@ from infra.render.stack import NotRenderable, render_fleet
 from infra.spec.checks import resolve_architecture
 from infra.spec.issues import SpecError, SpecIssue
 from infra.spec.jsonschema import stale_schemas, write_schemas
-from infra.spec.load import LoadedStack, Project, load_profile, load_stack
+from infra.spec.load import LoadedStack, Project, load_calibration, load_profile, load_stack
 from infra.spec.pydantic_issues import did_you_mean
 
 USER_ERROR = 2
@@ -230,8 +233,13 @@ def estimate(
     if gpu_record is None:
         fail([f"error: --gpu: unknown GPU '{gpu}' ({did_you_mean(gpu, catalog.gpus)})"])
     assert gpu_record is not None
-    arch, precision, profile_len = _architecture(model, find_project(project_dir))
+    project = find_project(project_dir)
+    arch, precision, profile_len = _architecture(model, project)
     precision = _override_precision(precision, dtype, quantization, kv_cache_dtype)
+    issues: list[SpecIssue] = []
+    calibration = load_calibration(project, issues)  # stacks/calibration.yaml, as `plan` uses it
+    if issues:
+        fail([*(issue.format() for issue in issues), f"{len(issues)} error(s)."])
     load = Load(mode, float(value), input_tokens, output_tokens, seed)  # type: ignore[arg-type]
     link: GpuLink = "pcie" if gpu_record.interconnect.kind == "pcie" else "nvswitch"
     # vLLM's default max_model_len is the model's context; where that much KV cache does not fit (vLLM
@@ -250,7 +258,8 @@ def estimate(
             max_model_len=length,
         )
         try:
-            replica = build_replica(arch, gpu_record, tp=tp, link=link, precision=precision, limits=limits)
+            replica = build_replica(arch, gpu_record, tp=tp, link=link, precision=precision, limits=limits,
+                                    calibration=calibration)
             break
         except DoesNotFit as exc:
             if attempt == len(lengths) - 1:
@@ -300,6 +309,11 @@ def _override_precision(
     return Precision(
         dtype or precision.dtype, method, precision.weight_bits, kv_cache_dtype or precision.kv_cache_dtype
     )
+
+
+app.command("bench")(bench_command)
+app.command("emulate")(emulate_command)
+app.command("calibrate")(calibrate_command)
 
 
 def main() -> None:

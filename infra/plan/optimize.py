@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from infra.catalog import Catalog, load_catalog
-from infra.catalog.schema import Gpu, InstanceType, QuantizationMethod
+from infra.catalog.schema import Architecture, Gpu, InstanceType, QuantizationMethod
 from infra.plan.capacity import Capacity, Latency, Traffic, max_rate, probe, saturation
 from infra.plan.memory import tensor_parallel_problem
-from infra.plan.perf import decode_batch, prefill_chunks
+from infra.plan.perf import Efficiency, decode_batch, prefill_chunks
 from infra.plan.pricing import HOURS_PER_MONTH, Price, prices
 from infra.plan.replica import DoesNotFit, Precision, Replica, build_replica, resolve_limits
 from infra.spec.checks import resolve_architecture
 from infra.spec.load import LoadedStack
 from infra.spec.profile import ModelProfile
 from infra.spec.stack import Deployment, Slo, StackSpec
+
+if TYPE_CHECKING:
+    from infra.calibrate.model import Calibration
 
 TP_DEGREES = (1, 2, 4, 8)
 # Plan each replica for this fraction of its SLO capacity: the capacity is a steady-state figure of a
@@ -207,6 +210,7 @@ class _Planner:
         )
         self.plan = DeploymentPlan(deployment, self.profile)
         self.capacities: dict[ReplicaConfig, Capacity] = {}
+        self.calibration = loaded.calibration
 
     def market_allowed(self, machine: Machine) -> bool:
         """Spot only where no redundancy is promised: one reclaim can take several replicas at once."""
@@ -237,23 +241,7 @@ class _Planner:
         return min(self.deployment.replicas.max, math.ceil(replicas / per_machine) * per_machine)
 
     def build(self, config: ReplicaConfig) -> Replica:
-        p = self.profile
-        bits = p.weight_bits if config.quantization.name == p.quantization else None
-        precision = Precision(p.dtype, config.quantization, bits, p.kv_cache_dtype)
-        pinned = EngineOverrides.of(p)
-        limits = resolve_limits(
-            self.arch, config.gpu, max_model_len=self.max_model_len, max_num_seqs=pinned.max_num_seqs,
-            max_num_batched_tokens=pinned.max_num_batched_tokens,
-            gpu_memory_utilization=pinned.gpu_memory_utilization,
-        )
-        return build_replica(
-            self.arch,
-            config.gpu,
-            tp=config.tp,
-            link=config.link,  # type: ignore[arg-type]
-            precision=precision,
-            limits=limits,
-        )
+        return profile_replica(self.profile, self.arch, config, calibration=self.calibration)
 
     # -- search -------------------------------------------------------------------------------------
     def run(self) -> DeploymentPlan:
@@ -409,6 +397,36 @@ class EngineOverrides:
             gpu_memory_utilization=number("gpu-memory-utilization"),
             tensor_parallel_size=int(tp) if tp else None,
         )
+
+
+def profile_replica(
+    profile: ModelProfile,
+    arch: Architecture,
+    config: ReplicaConfig,
+    *,
+    calibration: Calibration | None = None,
+    efficiency: Efficiency | None = None,
+) -> Replica:
+    """The replica a profile runs as in ``config``: its precision, its pinned engine limits, vLLM's defaults
+    for the rest (what render writes into the vLLM config); step times as ``build_replica`` says."""
+    bits = profile.weight_bits if config.quantization.name == profile.quantization else None
+    precision = Precision(profile.dtype, config.quantization, bits, profile.kv_cache_dtype)
+    pinned = EngineOverrides.of(profile)
+    limits = resolve_limits(
+        arch, config.gpu, max_model_len=profile.max_model_len or arch.max_context,
+        max_num_seqs=pinned.max_num_seqs, max_num_batched_tokens=pinned.max_num_batched_tokens,
+        gpu_memory_utilization=pinned.gpu_memory_utilization,
+    )
+    return build_replica(
+        arch,
+        config.gpu,
+        tp=config.tp,
+        link=config.link,  # type: ignore[arg-type]
+        precision=precision,
+        limits=limits,
+        calibration=calibration,
+        efficiency=efficiency,
+    )
 
 
 def _prefill_seconds(replica: Replica, tokens: int) -> float:

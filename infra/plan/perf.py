@@ -21,15 +21,18 @@ reported as uncalibrated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from infra.catalog.schema import Architecture, Gpu
 from infra.plan.simulate import StepBatch
+
+if TYPE_CHECKING:
+    from infra.calibrate.model import Calibration
 
 GpuLink = Literal["nvswitch", "nvlink-bridge", "pcie"]
 WeightFormat = Literal["fp32", "bf16", "fp8", "int8", "int4"]
@@ -55,6 +58,21 @@ class Efficiency:
     calibrated: bool
     source: str
 
+    def scaled(self, compute: float, bandwidth: float) -> Efficiency:
+        """These efficiencies with every compute-bound rate (GEMMs, prefill attention) multiplied by ``compute``
+        and every memory-bound rate (weight, activation and KV streaming) by ``bandwidth``.
+
+        The one definition of what a calibration's computeScale/bandwidthScale mean: ``gpufleet calibrate`` fits
+        them against a real fleet, ``plan`` applies them, an emulator slowed down for tests should use this too.
+        """
+        return replace(
+            self,
+            compute=self.compute * compute,
+            attention_compute=self.attention_compute * compute,
+            bandwidth=self.bandwidth * bandwidth,
+            attention_bandwidth=self.attention_bandwidth * bandwidth,
+        )
+
 
 @cache
 def _efficiency_data() -> dict[str, Any]:
@@ -63,14 +81,23 @@ def _efficiency_data() -> dict[str, Any]:
     return data
 
 
-def efficiency_for(gpu: Gpu) -> Efficiency:
+def efficiency_for(gpu: Gpu, calibration: Calibration | None = None) -> Efficiency:
+    """The architecture's fitted efficiencies, scaled by the project's bench calibration of this GPU if any."""
     data = _efficiency_data()
     architectures = data["architectures"]
     name = gpu.architecture if gpu.architecture in architectures else data["fallback"][gpu.architecture]
     fields = dict(architectures[name])
     calibrated = name == gpu.architecture and bool(fields.pop("calibrated"))
     fields.pop("calibrated", None)
-    return Efficiency(**fields, calibrated=calibrated)
+    efficiency = Efficiency(**fields, calibrated=calibrated)
+    entry = calibration.for_gpu(gpu.name) if calibration is not None else None
+    if entry is None:
+        return efficiency
+    return replace(
+        efficiency.scaled(entry.compute_scale, entry.bandwidth_scale),
+        calibrated=True,
+        source=f"{efficiency.source}; {entry.note}",
+    )
 
 
 # PCIe x16 bandwidth (GB/s, bidirectional) for GPUs whose catalog interconnect is NVLink but that sit in

@@ -8,6 +8,7 @@ defaults for the GPU and entry point unless given.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from infra.catalog.schema import Architecture, Gpu, QuantizationMethod
 from infra.plan.memory import (
@@ -21,8 +22,11 @@ from infra.plan.memory import (
     replica_memory,
     tensor_parallel_problem,
 )
-from infra.plan.perf import GpuLink, ReplicaShape, StepTimeModel, WeightFormat
+from infra.plan.perf import Efficiency, GpuLink, ReplicaShape, StepTimeModel, WeightFormat, efficiency_for
 from infra.plan.simulate import EngineConfig
+
+if TYPE_CHECKING:
+    from infra.calibrate.model import Calibration, GpuCalibration
 
 
 class DoesNotFit(Exception):
@@ -94,6 +98,8 @@ class Replica:
     limits: EngineLimits
     memory: ReplicaMemory
     step: StepTimeModel
+    calibration: GpuCalibration | None = None
+    """The project's bench calibration of this GPU, when the step times use it."""
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -136,8 +142,14 @@ def build_replica(
     link: GpuLink = "nvswitch",
     precision: Precision = Precision(),
     limits: EngineLimits,
+    calibration: Calibration | None = None,
+    efficiency: Efficiency | None = None,
 ) -> Replica:
-    """A replica that vLLM would start, or ``DoesNotFit`` saying why not."""
+    """A replica that vLLM would start, or ``DoesNotFit`` saying why not.
+
+    Step times use ``efficiency`` if given, else the architecture's efficiencies scaled by ``calibration``'s
+    entry for this GPU (see ``efficiency_for``).
+    """
     problem = tensor_parallel_problem(arch, tp)
     if problem:
         raise DoesNotFit(problem)
@@ -187,5 +199,6 @@ def build_replica(
         precision=precision,
         limits=limits,
         memory=memory,
-        step=StepTimeModel(shape),
+        step=StepTimeModel(shape, efficiency or efficiency_for(gpu, calibration)),
+        calibration=calibration.for_gpu(gpu.name) if calibration is not None and efficiency is None else None,
     )

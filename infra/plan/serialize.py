@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.calibrate.model import GpuCalibration
 from infra.plan.capacity import Latency
 from infra.plan.optimize import DeploymentPlan, FleetPlan, Option
 
@@ -56,6 +57,21 @@ def option_json(option: Option) -> dict[str, Any]:
         "utilisation": _r(option.utilisation),
         "peak_utilisation": _r(option.peak_utilisation),
         "calibrated": replica.calibrated,
+        "calibration": calibration_json(replica.calibration),
+    }
+
+
+def calibration_json(entry: GpuCalibration | None) -> dict[str, Any] | None:
+    """The bench calibration the option's step times use (``stacks/calibration.yaml``), or None."""
+    if entry is None:
+        return None
+    return {
+        "source": "bench",
+        "date": entry.date.isoformat(),
+        "requests": entry.requests,
+        "compute_scale": entry.compute_scale,
+        "bandwidth_scale": entry.bandwidth_scale,
+        "files": [f.file for f in entry.fitted_from],
     }
 
 

@@ -74,6 +74,13 @@ def print_plan(plan: FleetPlan, console: Console, explain: bool = False) -> None
         if explain and deployment.rejected:
             console.print(rejected_table(deployment))
         chosen = deployment.chosen
+        notes = {
+            o.config.gpu.name: o.replica.calibration.note
+            for o in (chosen, *deployment.alternatives)
+            if o is not None and o.replica.calibration is not None
+        }
+        for gpu, note in notes.items():
+            console.print(f"  note: {gpu} {note}")
         if chosen and not chosen.replica.calibrated:
             console.print(
                 f"  note: no measurements for {chosen.config.gpu.architecture} GPUs: their "

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from infra.catalog import load_catalog
 from infra.spec.base import PROFILE_NAME
 from infra.spec.checks import check_profiles, check_stack
 from infra.spec.issues import SpecError, SpecIssue, display_path
@@ -21,7 +22,12 @@ from infra.spec.pydantic_issues import MISSING, did_you_mean, issues_from_valida
 from infra.spec.stack import StackSpec
 from infra.spec.yamlpos import PositionedYaml, YamlSyntaxError, load_positioned
 
+if TYPE_CHECKING:
+    from infra.calibrate.model import Calibration
+
 NAMESPACE = "gpufleet:"
+CALIBRATION_FILE = "calibration.yaml"
+"""The project's bench calibration, in stacks/ (written by `gpufleet calibrate`, read with every stack)."""
 # Top-level keys Pulumi itself writes into a stack file (pulumi/pulumi sdk/go/common/workspace/project.go).
 PULUMI_STACK_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 
@@ -45,6 +51,10 @@ class Project:
 
     def profile_file(self, name: str) -> Path:
         return self.models_dir / f"{name}.yaml"
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.stacks_dir / CALIBRATION_FILE
 
     def stack_names(self) -> list[str]:
         prefix, suffix = "Pulumi.", ".yaml"
@@ -71,6 +81,8 @@ class LoadedStack:
     """Config of other namespaces in the stack file, e.g. {'aws:region': 'us-east-1'}."""
     profiles: dict[str, ModelProfile]
     warnings: list[SpecIssue] = field(default_factory=list)
+    calibration: Calibration | None = None
+    """The project's ``stacks/calibration.yaml`` (bench-fitted efficiency scales per GPU), if present."""
 
 
 def read_document(
@@ -118,6 +130,33 @@ def load_profile(project: Project, name: str, issues: list[SpecIssue]) -> Loaded
         issues.append(locator.issue(("name",), f"'{profile.name}' differs from the file name '{name}.yaml'",
                                     f"rename the file or set name: {name}"))
     return LoadedProfile(profile, locator)
+
+
+def load_calibration(project: Project, issues: list[SpecIssue], path: Path | None = None) -> Calibration | None:
+    """The calibration file (the project's by default) if it exists; its errors go to ``issues``."""
+    from infra.calibrate.model import Calibration  # noqa: PLC0415 -- it builds on infra.spec.base: import cycle
+    path = path or project.calibration_file
+    if not path.is_file():
+        return None
+    shown = project.shown(path)
+    doc = read_document(path, shown, issues)
+    if doc is None:
+        return None
+    locator = Locator(shown, doc)
+    calibration = validate_model(Calibration, doc.data, locator, issues)
+    if calibration is None:
+        return None
+    catalog = load_catalog()
+    found = len(issues)
+    for index, entry in enumerate(calibration.gpus):
+        gpu = catalog.gpu(entry.gpu)
+        if gpu is None:
+            issues.append(locator.issue(("gpus", index, "gpu"), f"unknown GPU '{entry.gpu}'",
+                                        did_you_mean(entry.gpu, catalog.gpus)))
+        elif gpu.name != entry.gpu:
+            issues.append(locator.issue(("gpus", index, "gpu"), f"'{entry.gpu}' is an alias",
+                                        f"write the catalog name {gpu.name}"))
+    return calibration if len(issues) == found else None
 
 
 @dataclass
@@ -223,6 +262,7 @@ def load_stack(project: Project, stack: str) -> LoadedStack:
         issues.extend(check_stack(spec, provider_config, locator, profiles))
     else:
         issues.extend(check_profiles(profiles))
+    calibration = load_calibration(project, issues)
     errors = [issue for issue in issues if issue.severity == "error"]
     if errors or spec is None:
         raise SpecError(errors)
@@ -232,4 +272,5 @@ def load_stack(project: Project, stack: str) -> LoadedStack:
         provider_config=provider_config,
         profiles={name: loaded.profile for name, loaded in profiles.items()},
         warnings=sorted(issue for issue in issues if issue.severity == "warning"),
+        calibration=calibration,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import runpy
 import shutil
 from pathlib import Path
@@ -22,6 +23,17 @@ class Mocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> None:
+    """Pulumi's mocks run on the thread's current event loop (asyncio.get_event_loop), and another test of the
+    same worker that used asyncio.run() leaves none set: give the thread one. Not closed afterwards: Pulumi
+    may still hold RPC coroutines on it."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""`gpufleet calibrate`: fit the capacity model's efficiency scales of a GPU to bench results."""
