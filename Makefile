@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: example test lint typecheck schemas unit install system-deps bench fit clean
+.PHONY: example test lint typecheck schemas unit install system-deps bench fit demo e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,10 @@ typecheck: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/gpufleet schemas
 
+# loadgroup: the end-to-end modules share one loopback fleet per xdist group (see tests/e2e); the rest is
+# spread test by test.
 unit: $(STAMP)
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # Debian packages the tests run for real (nginx with njs, openssl): scripts/apt-packages.txt.
 system-deps:
@@ -49,6 +51,16 @@ test: system-deps lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/speed.py
+
+# A rendered stack on loopback: emulated vLLM replicas behind the real Nginx LB, Prometheus, Alertmanager.
+# Needs the Debian packages of scripts/apt-packages.txt. STACK=prod make demo for another stack.
+STACK ?= dev
+demo: $(STAMP)
+	$(BIN)/python -m infra.emulate.demo -s $(STACK)
+
+# The data plane on loopback under load and faults, printed as a table (tests/e2e assert the behaviours).
+e2e: $(STAMP)
+	$(BIN)/python benchmarks/e2e.py
 
 # Refit the capacity model's efficiencies to ../shared/calibration.
 fit: $(STAMP)

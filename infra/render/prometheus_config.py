@@ -121,12 +121,18 @@ def scrape_jobs(layout: PrometheusLayout) -> list[ScrapeJob]:
 
 
 def render_prometheus_config(plan: FleetPlan, layout: PrometheusLayout | None = None) -> list[Artifact]:
+    """prometheus.yml on EC2 and on-prem; the prometheus-operator objects on EKS."""
     if plan.spec.target == "eks":
         return render_kubernetes_monitors(plan)
+    return [render_prometheus_yml(plan, layout)]
+
+
+def render_prometheus_yml(plan: FleetPlan, layout: PrometheusLayout | None = None) -> Artifact:
+    """The monitoring host's config (any target: the loopback fleet runs it for an EKS stack too)."""
     layout = layout or PrometheusLayout()
     text = render_template("prometheus/prometheus.yml.j2", stack=plan.stack, layout=layout,
                            jobs=scrape_jobs(layout))
-    return [Artifact(CONFIG_PATH, "prometheus-config", None, text)]
+    return Artifact(CONFIG_PATH, "prometheus-config", None, text)
 
 
 # -- file_sd, written at deploy time ----------------------------------------------------------------------

@@ -48,6 +48,8 @@ STACK = "onprem-a800"
 REPLICAS_PER_DEPLOYMENT = 2
 BEARER_TOKEN = "live-test-token"
 DATA_TIMEOUT_S = 60
+
+pytestmark = pytest.mark.xdist_group("monitoring-live")  # one Prometheus for the module, in one worker
 ALERT_TIMEOUT_S = 60
 
 
@@ -129,7 +131,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         progs = root / "mtail"
         progs.mkdir()
         (progs / "nginx.mtail").write_text(one(render_mtail(plan)), encoding="utf-8")
-        stack.enter_context(services.running(services.mtail(progs, root / "access.log", ports["mtail"]),
+        stack.enter_context(services.running(services.mtail(progs, root / "access.log", ports["mtail"], root),
                                              f"http://127.0.0.1:{ports['mtail']}/metrics"))
         stack.enter_context(services.running(services.node_exporter(ports["node"], root),
                                              f"http://127.0.0.1:{ports['node']}/metrics"))
@@ -140,7 +142,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             Path(path).write_text(BEARER_TOKEN, encoding="utf-8")
         (root / "alertmanager.yml").write_text(one(render_alertmanager(plan, am_layout)), encoding="utf-8")
         stack.enter_context(services.running(
-            services.alertmanager(root / "alertmanager.yml", root / "am-data", ports["alertmanager"]),
+            services.alertmanager(root / "alertmanager.yml", root / "am-data", ports["alertmanager"], root),
             f"http://127.0.0.1:{ports['alertmanager']}/-/ready"))
 
         layout = PrometheusLayout(config_dir=str(root / "prometheus"), scrape_interval="1s", scrape_timeout="1s",
@@ -152,7 +154,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                                                                      encoding="utf-8")
         config = Path(layout.config_dir) / "prometheus.yml"
         config.write_text(one(render_prometheus_config(plan, layout)), encoding="utf-8")
-        stack.enter_context(services.running(services.prometheus(config, root / "tsdb", ports["prometheus"]),
+        stack.enter_context(services.running(services.prometheus(config, root / "tsdb", ports["prometheus"], root),
                                              f"http://127.0.0.1:{ports['prometheus']}/-/ready"))
         yield Live(plan, emulator, ports["prometheus"], ports["alertmanager"], webhook)
         emulator.check()  # the emulator's ticker did not fail meanwhile
