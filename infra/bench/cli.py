@@ -157,6 +157,8 @@ def bench_command(  # noqa: PLR0917 - a typer command: one parameter per option 
     connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.001,
                                                    help="Seconds to connect.")] = 10.0,
     seed: Annotated[int, typer.Option("--seed", help="Seeds arrivals, lengths and prompts.")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", "-k", help="Do not verify the TLS certificate (a "
+                                           "self-signed dev LB), like curl -k.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the gpufleet-bench/1 JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     project_dir: Annotated[Path | None, typer.Option("--project-dir", "-C", help="Project root (default: search "
@@ -198,6 +200,7 @@ def bench_command(  # noqa: PLR0917 - a typer command: one parameter per option 
         timeout_s=timeout,
         connect_timeout_s=connect_timeout,
         api_key=api_key or None,
+        verify_tls=not insecure,
         seed=seed,
     )
     result = _run_with_progress(config, quiet)

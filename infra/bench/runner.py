@@ -48,6 +48,7 @@ class BenchConfig:
     connect_timeout_s: float = 10.0
     api_key: str | None = None
     seed: int = 0
+    verify_tls: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def _session(config: BenchConfig) -> aiohttp.ClientSession:
     limit = (config.concurrency or 0) if config.mode == "concurrency" else 0
     return aiohttp.ClientSession(
         headers=headers,
-        connector=aiohttp.TCPConnector(limit=limit),
+        # ssl=False skips certificate checks (--insecure); True is aiohttp's default verification.
+        connector=aiohttp.TCPConnector(limit=limit, ssl=config.verify_tls),
         timeout=aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s),
     )
 

@@ -71,8 +71,8 @@ def print_urls(fleet: LoopbackFleet) -> None:
     print(f"  curl -sN {insecure}{fleet.lb_url}/v1/chat/completions -H 'Authorization: Bearer {fleet.options.api_key}' "
           f"-H 'Content-Type: application/json' -d '{{\"model\": \"{model}\", \"stream\": true, "
           f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}], \"max_tokens\": 20}}'")
-    print(f"  gpufleet bench --endpoint {fleet.lb_url} -s {plan.stack} -d {plan.deployments[0].deployment.name} "
-          f"--api-key {fleet.options.api_key} --rate 2 --duration 30")
+    print(f"  gpufleet bench {insecure}--endpoint {fleet.lb_url} -s {plan.stack} "
+          f"-d {plan.deployments[0].deployment.name} --api-key {fleet.options.api_key} --rate 2 --duration 30")
     print("Ctrl-C stops everything.", flush=True)
 
 
