@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from infra.plan.optimize import FleetPlan
 from infra.render.alertmanager import render_alertmanager
+from infra.render.ansible import NotDeployableOnprem, render_ansible
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
 from infra.render.dashboards import render_dashboards
 from infra.render.mtail import render_mtail
 from infra.render.nginx import render_nginx
+from infra.render.placement import NotPlaceable
 from infra.render.prometheus_config import render_prometheus_config
 from infra.render.prometheus_rules import render_prometheus_rules
 from infra.render.systemd import render_systemd
@@ -36,4 +38,8 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_mtail(plan))
     artifacts.extend(render_alertmanager(plan))
     artifacts.extend(render_dashboards(plan))
+    try:
+        artifacts.extend(render_ansible(plan))
+    except (NotPlaceable, NotDeployableOnprem) as exc:
+        raise NotRenderable(str(exc)) from exc
     return sorted(artifacts)

@@ -10,7 +10,9 @@ Layout (paths relative to the render directory; installed under /etc/systemd/sys
   tp×slot+tp−1) and ``GPUFLEET_PORT`` (VLLM_PORT + slot on the host). systemd has no arithmetic on ``%i``,
   and a shell wrapper or an ExecStartPre that writes an env file would hide what runs from review and from
   ``systemd-analyze verify``; rendered drop-ins are deterministic, reviewed in the PR diff and verified.
-  Provisioning enables ``gpufleet-vllm-<deployment>@<slot>`` for the slots placed on the host.
+  Provisioning enables ``gpufleet-vllm-<deployment>@<slot>`` for the slots placed on the host. Not for
+  on-prem stacks, whose servers several deployments share: there the drop-ins come from the placement
+  (infra/render/placement.py, written by the Ansible vllm role from host_vars).
 - ``systemd/gpufleet-lb.service`` — the host's Debian nginx (with libnginx-mod-http-js) on the rendered
   ``/etc/gpufleet/nginx/nginx.conf``; the config is tested (``nginx -t``) before every start and reload.
 
@@ -133,12 +135,18 @@ def render_vllm_units(plan: DeploymentPlan) -> list[Artifact]:
     )
     artifacts = [Artifact(f"systemd/{unit_name(name)}", "systemd-unit", name, unit)]
     for index in range(slots_per_machine(plan)):
-        slot = Slot(index, ",".join(str(g) for g in slot_gpus(tp, index)), slot_port(index))
         artifacts.append(Artifact(
             f"systemd/{instance_name(name, index)}.d/slot.conf", "systemd-unit", name,
-            render_template("systemd/slot.conf.j2", deployment=name, slot=slot, tp=tp),
+            slot_dropin(name, tp, index, slot_gpus(tp, index), slot_port(index)),
         ))
     return artifacts
+
+
+def slot_dropin(deployment: str, tp: int, index: int, gpus: list[int] | tuple[int, ...], port: int) -> str:
+    """The drop-in of one replica slot: its GPU ids and host port (the Ansible vllm role writes the same
+    two lines from an on-prem placement)."""
+    slot = Slot(index, ",".join(str(g) for g in gpus), port)
+    return render_template("systemd/slot.conf.j2", deployment=deployment, slot=slot, tp=tp)
 
 
 def render_lb_unit(layout: NginxLayout | None = None) -> list[Artifact]:
@@ -156,6 +164,11 @@ def render_lb_unit(layout: NginxLayout | None = None) -> list[Artifact]:
 def render_systemd(plan: FleetPlan) -> list[Artifact]:
     artifacts: list[Artifact] = []
     for deployment in plan.deployments:
-        artifacts.extend(render_vllm_units(deployment))
+        units = render_vllm_units(deployment)
+        if plan.spec.target == "onprem":
+            # Deployments share on-prem servers, so slot N of two deployments would claim the same GPUs and
+            # port: the Ansible vllm role writes each replica's drop-in from its placement (host_vars).
+            units = [u for u in units if not u.path.endswith("/slot.conf")]
+        artifacts.extend(units)
     artifacts.extend(render_lb_unit())
     return artifacts

@@ -18,6 +18,7 @@ from infra.spec.issues import SpecIssue
 from infra.spec.locate import Locator
 from infra.spec.profile import BaseModelArchitecture, HuggingFaceWeights, ModelProfile
 from infra.spec.pydantic_issues import did_you_mean
+from infra.spec.secrets import SecretRef
 from infra.spec.stack import Deployment, StackSpec
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 TP_DEGREES = (1, 2, 4, 8)  # GPU counts of the instance and server types in the catalog
 # Secrets the instance role can fetch at boot (the cloud-init user data does, infra/render/cloudinit.py).
 EC2_READABLE_SECRETS = ("aws-secrets-manager", "aws-ssm-parameter")
+# Ansible resolves on-prem secrets on the machine that runs it (infra/render/ansible.py secret_expression).
+ONPREM_READABLE_SECRETS = ("ansible-vault", "env")
 TP_ARG_NAMES = ("tensor-parallel-size", "tensor_parallel_size", "tp")
 UNPINNED_REVISIONS = {"main", "master", "head"}
 
@@ -232,6 +235,29 @@ def _check_onprem(spec: StackSpec, locator: Locator, catalog: Catalog) -> Iterat
                                 f"host name '{host.name}' is already used by {locator.shown(first[host.name])}",
                                 "inventory hostnames must be unique")
         first.setdefault(host.name, path)
+    for path, ref in _secret_refs(spec):
+        if ref.source not in ONPREM_READABLE_SECRETS:
+            yield locator.issue((*path, "source"), f"Ansible cannot read secrets from {ref.source} on-prem",
+                                f"use {' or '.join(ONPREM_READABLE_SECRETS)} (a variable of the machine that runs "
+                                "Ansible)")
+
+
+def _secret_refs(spec: StackSpec) -> Iterator[tuple[tuple[str | int, ...], SecretRef]]:
+    """Every secret the stack's deploy reads, with its path in the spec."""
+    yield ("apiKey",), spec.api_key
+    tls = spec.network.tls
+    if tls.source == "file":
+        yield ("network", "tls", "cert"), tls.cert
+        yield ("network", "tls", "key"), tls.key
+    if spec.alerting is None:
+        return
+    fields = {"pagerduty": ("routing_key", "routingKey"), "slack": ("api_url", "apiUrl"),
+              "webhook": ("bearer_token", "bearerToken"), "email": ("auth_password", "authPassword")}
+    for index, receiver in enumerate(spec.alerting.receivers):
+        attribute, key = fields[receiver.kind]
+        ref = getattr(getattr(receiver, receiver.kind), attribute)
+        if ref is not None:
+            yield ("alerting", "receivers", index, receiver.kind, key), ref
 
 
 def _check_names(spec: StackSpec, locator: Locator, profiles: dict[str, LoadedProfile]) -> Iterator[SpecIssue]:

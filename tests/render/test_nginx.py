@@ -122,7 +122,13 @@ def test_nginx_accepts_the_rendered_config(stack: str, tmp_path: Path) -> None:
 
 def production_config(stack: str, tmp_path: Path) -> list[dict[str, Any]]:
     """The nginx.conf render_fleet produces (production paths), parsed; includes are deploy-time files."""
-    artifacts = [a for a in render_fleet(plan(stack)) if a.kind == "nginx-conf"]
+    fleet = plan(stack)
+    everything = [a for a in render_fleet(fleet) if a.kind == "nginx-conf"]
+    # On-prem the upstream files are rendered too (the addresses are in the spec); elsewhere deploy-time.
+    upstreams = {a.path for a in everything if a.path.startswith("nginx/upstreams/")}
+    expected = {f"nginx/upstreams/{n}.conf" for n in deployments(fleet)} if fleet.spec.target == "onprem" else set()
+    assert upstreams == expected
+    artifacts = [a for a in everything if a.path not in upstreams]
     assert {a.path for a in artifacts} == {"nginx/nginx.conf", "nginx/gpufleet.js"}
     assert all(a.deployment is None for a in artifacts)
     conf = tmp_path / "nginx.conf"

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.catalog import load_catalog
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.render.artifacts import Artifact
 from infra.render.compose import COMPOSE_FILE, fits_one_host, render_compose
 from infra.render.hostlayout import VLLM_PORT
+from infra.render.placement import place_onprem
 from infra.render.stack import render_fleet
 from infra.render.systemd import (
     CURL,
@@ -31,6 +33,7 @@ from infra.render.systemd import (
     START_TIMEOUT_FLOOR_S,
     VLLM_IMAGE,
     render_systemd,
+    slot_dropin,
     slots_per_machine,
 )
 from infra.render.vllm import API_KEY_ENV, VLLM_VERSION
@@ -85,7 +88,7 @@ def test_every_unit_passes_systemd_analyze_verify(stack: str, tmp_path: Path) ->
     if not SYSTEM_UNITS.is_dir():
         pytest.fail(f"{SYSTEM_UNITS} is missing: install the Debian package systemd")
     root = systemd_root(tmp_path)
-    for artifact in units(stack):
+    for artifact in [*units(stack), *onprem_dropins(stack)]:
         target = root / "etc/systemd/system" / artifact.path.removeprefix("systemd/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(artifact.content)
@@ -98,6 +101,18 @@ def test_every_unit_passes_systemd_analyze_verify(stack: str, tmp_path: Path) ->
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), (
         result.stdout + result.stderr)
     assert len(names) > 1
+
+
+def onprem_dropins(stack: str) -> list[Artifact]:
+    """On-prem: the drop-ins the Ansible vllm role writes from the placement (one server's worth each, as
+    a server holds at most one instance of a deployment's slot number)."""
+    fleet = plan(stack)
+    if fleet.spec.target != "onprem":
+        return []
+    first = place_onprem(fleet, load_catalog())[0].server
+    return [Artifact(f"systemd/{p.unit}.d/slot.conf", "systemd-unit", p.deployment,
+                     slot_dropin(p.deployment, len(p.gpus), p.slot, p.gpus, p.port))
+            for p in place_onprem(fleet, load_catalog()) if p.server == first]
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -120,6 +135,9 @@ def test_vllm_units_run_the_pinned_image_on_disjoint_gpus(stack: str) -> None:
         assert int(service["TimeoutStartSec"]) >= START_TIMEOUT_FLOOR_S
         assert service["ExecStop"].startswith(f"{DOCKER} stop")
         assert "docker.service" in unit["Unit"]["Requires"] and "network-online.target" in unit["Unit"]["After"]
+        if fleet.spec.target == "onprem":  # placed per server (tests/render/test_placement.py)
+            assert not any("/slot.conf" in path for path in rendered)
+            continue
         slots = slots_per_machine(deployment)
         assert slots >= 1 and slots * tp <= gpu_count
         seen_gpus: set[int] = set()
