@@ -28,7 +28,7 @@ example: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check infra tests scripts benchmarks
 	$(BIN)/shellcheck -S style scripts/*.sh .ci/run
-	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data
+	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data ansible
 
 typecheck: $(STAMP)
 	$(BIN)/mypy infra

@@ -90,6 +90,9 @@ def test_ansible_reads_the_inventory_and_its_vars(rendered: Path) -> None:
         assert own["gpufleet_stack"] == STACK  # group_vars/all.yml beside the inventory
         assert [(r["deployment"], r["slot"], tuple(r["gpus"]), r["port"]) for r in own["gpufleet_replicas"]] == [
             (p.deployment, p.slot, p.gpus, p.port) for p in placements if p.server == server.name]
+        # What gpu_host (Fabric Manager) and the tests/infra specs (GPU count) read: the catalog's server type.
+        assert (own["gpufleet_server_type"], own["gpufleet_gpu_count"], own["gpufleet_gpu_link"]) == (
+            "onprem-8xa800", 8, "nvswitch")
     lb = hostvars[site.load_balancers[0].name]
     assert lb["gpufleet_api_key"] == "{{ " + plan().spec.api_key.name + " }}"  # a reference, never the value
     assert lb["gpufleet_render_dir"] == "{{ inventory_dir }}/.."
