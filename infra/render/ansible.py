@@ -107,6 +107,8 @@ def group_vars(plan: FleetPlan) -> dict[str, Any]:
         "gpufleet_alertmanager_secrets": [{"path": path, "value": secret_expression(ref)}
                                           for path, ref in secret_files(spec)],
         "gpufleet_deployments": deployments,
+        # The firewall role's SSH (and Grafana) allow-list: gpufleet:onprem.adminCidrs.
+        "firewall_admin_cidrs": list(spec.onprem.admin_cidrs) if spec.onprem else [],
     }
 
 

@@ -231,6 +231,12 @@ class OnpremSite(SpecModel):
     load_balancers: list[OnpremHost] = Field(min_length=1)
     monitoring: OnpremHost
     ssh_user: str = Field(default="ansible", pattern=r"^[a-z_][a-z0-9_-]*$")
+    admin_cidrs: list[Cidr] = Field(min_length=1)
+    """Networks allowed to SSH in (and to open Grafana): the firewall role drops everything else."""
+    vars_files: list[str] = Field(default_factory=list)
+    """Extra-vars files `pulumi up` passes to ansible-playbook (`-e @FILE`, relative to the project root),
+    e.g. the ansible-vault encrypted file holding the stack's secrets; the vault password comes from
+    ANSIBLE_VAULT_PASSWORD_FILE in the environment of `pulumi up`."""
 
 
 class EksCluster(SpecModel):

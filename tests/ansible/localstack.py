@@ -51,6 +51,7 @@ def local_spec_update() -> dict[str, object]:
         ],
         "loadBalancers": [{"name": "lb-01", "address": "127.0.0.1"}],
         "monitoring": {"name": "mon-01", "address": "127.0.0.1"},
+        "adminCidrs": ["192.0.2.0/24"],
     })
     alerting = Alerting.model_validate({"receivers": [{
         "name": "local-hook",

@@ -42,7 +42,6 @@ def ci_vars(out: Path) -> Path:
         "gpufleet_service_manager": "sysvinit",
         "firewall_apply": False,
         "firewall_ruleset_path": str(out / "nftables-{{ inventory_hostname }}.conf"),
-        "firewall_admin_cidrs": ["192.0.2.0/24"],
         "monitoring_grafana_enabled": False,
     }), encoding="utf-8")
     return path
