@@ -1,25 +1,64 @@
 """What ``pulumi up`` runs, kept out of ``__main__`` so tests can call it under Pulumi mocks.
 
-Stage 4a (provision) grows here: spec -> plan -> render -> the target's ComponentResources. Today it
-loads and validates the stack with the same code as ``gpufleet validate`` (so a PR review and a
-deploy judge the same files) and exports what the stack serves.
+spec -> plan -> render -> the target's ComponentResources, with the same code as ``gpufleet validate``,
+``plan`` and ``render`` (a pull-request review and a deploy judge the same files). Exports: the target,
+the endpoint URL, the dashboards URL and the plan summary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
+from infra.plan.optimize import FleetPlan, plan_stack
+from infra.plan.serialize import fleet_json
+from infra.provision.onprem import OnpremFleet
+from infra.render.artifacts import Artifact, write_artifacts
+from infra.render.stack import NotRenderable, render_fleet
 from infra.spec.issues import SpecError
 from infra.spec.load import LoadedStack, Project, load_stack
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(stack: str, project: Project | None = None) -> LoadedStack:
+# The plan --json keys the stack exports (same names, same rounding).
+SUMMARY_KEYS = ("gpu", "tensor_parallel_size", "quantization", "instance_type", "market", "replicas", "machines",
+                "monthly_usd", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens")
+
+
+def plan_summary(fleet: FleetPlan) -> dict[str, Any]:
+    """The chosen configuration per deployment and the fleet's monthly cost, as `plan --json` has them."""
+    doc = fleet_json(fleet)
+    deployments = {}
+    for d in doc["deployments"]:
+        chosen = d["chosen"]  # render_fleet refused infeasible plans
+        deployments[d["name"]] = {"model": d["served_model_name"], **{k: chosen[k] for k in SUMMARY_KEYS}}
+    return {"monthly_usd": doc["monthly_usd"], "budget_usd": doc["budget_usd"], "deployments": deployments}
+
+
+def _onprem(fleet: FleetPlan, artifacts: list[Artifact], project: Project, render_dir: str) -> None:
+    site = fleet.spec.onprem
+    assert site is not None
+    OnpremFleet(fleet.stack, render_dir=render_dir, artifacts=artifacts, vars_root=project.root,
+                vars_files=list(site.vars_files))
+    host = fleet.spec.network.domain or site.load_balancers[0].address
+    pulumi.export("endpoint", f"https://{host}/v1")
+    pulumi.export("dashboards", f"http://{site.monitoring.address}:3000/dashboards/f/gpufleet")
+
+
+# One builder per target (aws-ec2 and eks come with the next slices of the Pulumi issue).
+TARGETS: dict[str, Callable[[FleetPlan, list[Artifact], Project, str], None]] = {"onprem": _onprem}
+
+
+def run(stack: str, project: Project | None = None, render_dir: str | None = None) -> LoadedStack:
+    """``render_dir``: where the render is written, relative to the project root or absolute
+    (default ``out/<stack>``, where ``gpufleet render -s STACK -o out/STACK`` writes it too)."""
+    project = project or Project(PROJECT_ROOT)
     try:
-        loaded = load_stack(project or Project(PROJECT_ROOT), stack)
+        loaded = load_stack(project, stack)
     except SpecError as exc:
         # RunError prints the message without a Python traceback in `pulumi up`.
         raise pulumi.RunError(f"stack '{stack}' is invalid:\n{exc}") from None
@@ -27,16 +66,18 @@ def run(stack: str, project: Project | None = None) -> LoadedStack:
         pulumi.log.warn(warning.format())
     spec = loaded.spec
     pulumi.export("target", spec.target)
-    pulumi.export(
-        "deployments",
-        {
-            d.name: {
-                "model": loaded.profiles[d.model].resolved_served_name,
-                "profile": d.model,
-                "gpus": list(d.gpus),
-                "qps": d.traffic.qps,
-            }
-            for d in spec.deployments
-        },
-    )
+    fleet = plan_stack(loaded)
+    try:
+        artifacts = render_fleet(fleet)
+    except NotRenderable as exc:
+        raise pulumi.RunError(f"stack '{stack}' cannot be deployed as planned: {exc}") from None
+    pulumi.export("plan", plan_summary(fleet))
+    build = TARGETS.get(spec.target)
+    if build is None:
+        raise pulumi.RunError(f"stack '{stack}': gpufleet cannot provision target '{spec.target}' yet "
+                               f"(supported: {', '.join(sorted(TARGETS))}); `gpufleet render -s {stack}` "
+                               "writes its configs")
+    out = render_dir or f"out/{stack}"
+    write_artifacts(artifacts, project.root / out)
+    build(fleet, artifacts, project, out)
     return loaded

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.catalog import Catalog, load_catalog
@@ -52,6 +53,18 @@ def check_stack(
         yield from _check_deployment_fit(
             index, deployment=deployment, profile=profile, arch=arch, locator=locator, spec=spec, catalog=catalog
         )
+
+
+def check_project_files(spec: StackSpec, root: Path, locator: Locator) -> Iterator[SpecIssue]:
+    """Files the stack names relative to the project: they must be there (a deploy would fail later)."""
+    if spec.onprem is None:
+        return
+    for index, name in enumerate(spec.onprem.vars_files):
+        path = (root / name).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            yield locator.issue(("onprem", "varsFiles", index), f"no file '{name}' in the project",
+                                "paths are relative to the directory of Pulumi.yaml, e.g. ansible/vault/STACK.yml "
+                                "(create it with ansible-vault create)")
 
 
 def resolve_architecture(profile: ModelProfile, catalog: Catalog) -> Architecture | None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from infra.catalog import load_catalog
 from infra.spec.base import PROFILE_NAME
-from infra.spec.checks import check_profiles, check_stack
+from infra.spec.checks import check_profiles, check_project_files, check_stack
 from infra.spec.issues import SpecError, SpecIssue, display_path
 from infra.spec.locate import Locator
 from infra.spec.profile import ModelProfile
@@ -260,6 +260,7 @@ def load_stack(project: Project, stack: str) -> LoadedStack:
     if spec is not None:
         # Cross-field checks run on what did validate, so one round reports as much as possible.
         issues.extend(check_stack(spec, provider_config, locator, profiles))
+        issues.extend(check_project_files(spec, project.root, locator))
     else:
         issues.extend(check_profiles(profiles))
     calibration = load_calibration(project, issues)

@@ -1,8 +1,7 @@
-"""The Pulumi program under mocks: it loads the stack named by Pulumi and exports what it serves."""
+"""The Pulumi program under mocks: spec -> plan -> render -> the target's resources, and its exports."""
 
 from __future__ import annotations
 
-import asyncio
 import runpy
 import shutil
 from pathlib import Path
@@ -12,28 +11,17 @@ import pulumi
 import pytest
 
 from infra import program
-from infra.spec.load import Project
+from infra.plan.optimize import plan_stack
+from infra.plan.serialize import fleet_json
+from infra.spec.load import Project, load_stack
+from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Mocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-
 @pytest.fixture(autouse=True)
 def event_loop_for_pulumi() -> None:
-    """Pulumi's mocks run on the thread's current event loop (asyncio.get_event_loop), and another test of the
-    same worker that used asyncio.run() leaves none set: give the thread one. Not closed afterwards: Pulumi
-    may still hold RPC coroutines on it."""
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_event_loop()
 
 
 @pytest.fixture
@@ -43,30 +31,66 @@ def exports(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return captured
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod", "onprem-a800"])
-def test_program_exports_the_stack(stack: str, exports: dict[str, Any]) -> None:
-    pulumi.runtime.set_mocks(Mocks(), project="gpufleet", stack=stack, preview=False)
-    assert pulumi.get_stack() == stack
-    loaded = program.run(pulumi.get_stack())
-    assert exports["target"] == loaded.spec.target
-    assert set(exports["deployments"]) == {d.name for d in loaded.spec.deployments}
+def test_onprem_program_exports_endpoint_dashboards_and_plan(exports: dict[str, Any], tmp_path: Path) -> None:
+    pulumi.runtime.set_mocks(RecordingMocks(), project="gpufleet", stack="onprem-a800", preview=False)
+    run_program(lambda: program.run(pulumi.get_stack(), render_dir=str(tmp_path)))
+    assert exports["target"] == "onprem"
+    assert exports["endpoint"] == "https://llm.sh.acme.example/v1"
+    assert exports["dashboards"] == "http://10.20.1.31:3000/dashboards/f/gpufleet"
+    # The plan summary's numbers are plan --json's.
+    planned = fleet_json(plan_stack(load_stack(Project(ROOT), "onprem-a800")))
+    summary = exports["plan"]
+    assert (summary["monthly_usd"], summary["budget_usd"]) == (planned["monthly_usd"], 40000)
+    assert set(summary["deployments"]) == {d["name"] for d in planned["deployments"]}
+    for d in planned["deployments"]:
+        mine = summary["deployments"][d["name"]]
+        assert mine["model"] == d["served_model_name"]
+        assert {k: mine[k] for k in program.SUMMARY_KEYS} == {k: d["chosen"][k] for k in program.SUMMARY_KEYS}
 
 
-def test_main_module_runs_the_program(exports: dict[str, Any]) -> None:
-    pulumi.runtime.set_mocks(Mocks(), project="gpufleet", stack="prod", preview=False)
+@pytest.mark.parametrize(("stack", "target"), [("dev", "aws-ec2"), ("prod", "eks")])
+def test_cloud_targets_are_refused_until_they_are_provisioned(stack: str, target: str, exports: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """Plan and render run (their exports are set), then the program stops with a message instead of
+    reporting success with no resource."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=stack, preview=False)
+    with pytest.raises(pulumi.RunError, match=f"cannot provision target '{target}' yet"):
+        run_program(lambda: program.run(stack, render_dir=str(tmp_path)))
+    assert exports["target"] == target
+    assert exports["plan"]["deployments"]
+    assert mocks.resources == []
+    assert not any(tmp_path.iterdir()), "nothing is written for a target that is not provisioned"
+
+
+def test_main_module_runs_the_program(exports: dict[str, Any], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(program, "run", lambda stack: exports.setdefault("ran", stack))
+    pulumi.runtime.set_mocks(RecordingMocks(), project="gpufleet", stack="onprem-a800", preview=False)
     runpy.run_path(str(ROOT / "infra" / "__main__.py"))
-    assert exports["target"] == "eks"
-    assert exports["deployments"]["support"]["model"] == "support-chat"
+    assert exports["ran"] == "onprem-a800"
 
 
 def test_invalid_stack_is_a_run_error_with_locations(tmp_path: Path, exports: dict[str, Any]) -> None:
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
     stack_file = tmp_path / "stacks" / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text().replace("gpus: [L4, A10G]", "gpus: [L5, A10G]"))
-    pulumi.runtime.set_mocks(Mocks(), project="gpufleet", stack="dev", preview=False)
+    pulumi.runtime.set_mocks(RecordingMocks(), project="gpufleet", stack="dev", preview=False)
     with pytest.raises(pulumi.RunError) as raised:
         program.run("dev", Project(tmp_path))
     message = str(raised.value)
     assert "stacks/Pulumi.dev.yaml:" in message
     assert "gpufleet:deployments[0].gpus[0]: unknown GPU 'L5'" in message
     assert exports == {}
+
+
+def test_over_budget_stack_is_a_run_error(tmp_path: Path, exports: dict[str, Any]) -> None:
+    shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
+    stack_file = tmp_path / "stacks" / "Pulumi.onprem-a800.yaml"
+    stack_file.write_text(stack_file.read_text().replace("monthlyBudgetUsd: 40000", "monthlyBudgetUsd: 1000"))
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="onprem-a800", preview=False)
+    with pytest.raises(pulumi.RunError, match="over the budget of \\$1,000"):
+        run_program(lambda: program.run("onprem-a800", Project(tmp_path), render_dir=str(tmp_path / "out")))
+    assert mocks.resources == []
+    assert not (tmp_path / "out").exists()
