@@ -115,12 +115,13 @@ def _file(path: str, content: str, permissions: str) -> dict[str, Any]:
     return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
 
 
-def embedded_artifacts(plan: DeploymentPlan) -> list[Artifact]:
+def embedded_artifacts(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
     """The vLLM config and systemd units of the deployment, exactly as the other renderers produce them."""
-    return sorted([a for a in render_vllm(plan) if a.kind == "vllm-config"] + render_vllm_units(plan))
+    return sorted([a for a in render_vllm(plan) if a.kind == "vllm-config"] + render_vllm_units(plan, image))
 
 
-def render_user_data(fleet: FleetPlan, plan: DeploymentPlan) -> Artifact:
+def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_IMAGE) -> Artifact:
+    """``image``: as in render_vllm_units (the program passes the image it built and pushed)."""
     assert plan.chosen is not None  # render runs on feasible plans only
     name = plan.deployment.name
     spec = fleet.spec
@@ -157,7 +158,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan) -> Artifact:
             model_cache=MODEL_CACHE,
         )
     scripts["start-vllm.sh"] = render_template(
-        "cloud-init/start-vllm.sh.j2", **common, image=VLLM_IMAGE, units=" ".join(slots),
+        "cloud-init/start-vllm.sh.j2", **common, image=image, units=" ".join(slots),
         slot_count=len(slots), gpu_count=instance.gpu_count, tp=tp,
     )
     scripts["bootstrap.sh"] = render_template(
@@ -165,7 +166,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan) -> Artifact:
         steps=[f"{SCRIPT_DIR}/{script}" for script in scripts],
     )
 
-    files = [_file(host_path(a), a.content, "0644") for a in embedded_artifacts(plan)]
+    files = [_file(host_path(a), a.content, "0644") for a in embedded_artifacts(plan, image)]
     files += [_file(f"{SCRIPT_DIR}/{script}", text, "0755") for script, text in sorted(scripts.items())]
     config = {
         "package_update": False,

@@ -102,7 +102,9 @@ class Slot:
     port: int
 
 
-def render_vllm_units(plan: DeploymentPlan) -> list[Artifact]:
+def render_vllm_units(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
+    """``image``: the pinned upstream image in the render; at deploy time the image the program built and
+    pushed (infra/provision/images.py), e.g. ``<ecr repository>@sha256:...``."""
     assert plan.chosen is not None  # render runs on feasible plans only
     name = plan.deployment.name
     tp = plan.chosen.config.tp
@@ -111,7 +113,7 @@ def render_vllm_units(plan: DeploymentPlan) -> list[Artifact]:
         "systemd/vllm.service.j2",
         deployment=name,
         version=VLLM_VERSION,
-        image=VLLM_IMAGE,
+        image=image,
         docker=DOCKER,
         curl=CURL,
         env_file=env_file(name),

@@ -16,7 +16,9 @@ import pytest
 
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.provision.aws.ec2 import Ec2Fleet
+from infra.provision.policy import ResourceView, check_resources, plan_within_budget
 from infra.render.stack import render_fleet
+from infra.render.systemd import VLLM_IMAGE
 from infra.spec.load import Project, load_stack
 from tests.pulumi.mocks import RecordingMocks, Registered, ensure_event_loop, run_program
 from tests.render.test_cloudinit import schema
@@ -218,3 +220,45 @@ def test_existing_vpc_creates_no_network(tmp_path: Path) -> None:
     assert group.inputs["vpcZoneIdentifiers"] == ["subnet-private-a", "subnet-private-b"]
     groups = mocks.of_type("aws:ec2/securityGroup:SecurityGroup")
     assert groups and all(r.inputs["vpcId"] == "vpc-0a1b2c3d4e5f60718" for r in groups)
+
+
+def test_every_resource_passes_the_policy_pack(dev: tuple[FleetPlan, AwsMocks], tmp_path: Path) -> None:
+    """The pack's rules (infra/provision/policy.py) over every resource the program registers, for the dev
+    example and for an existing VPC; and the plan's cost is within the budget."""
+    fleet, mocks = dev
+    existing = provision(fleet_of("dev", ("  gpufleet:network:\n",
+                                          "  gpufleet:network:\n    vpcId: vpc-0a1b2c3d4e5f60718\n"), tmp_path))
+    for captured in (mocks, existing):
+        views = [ResourceView(r.type, r.name, r.inputs) for r in captured.resources]
+        assert check_resources(views) == []
+    assert list(plan_within_budget(fleet.monthly_usd, fleet.spec.monthly_budget_usd)) == []
+
+
+def test_the_policy_pack_catches_a_weakened_launch_template(dev: tuple[FleetPlan, AwsMocks]) -> None:
+    """The same check fails when the program's launch template loses IMDSv2 or encryption."""
+    _, mocks = dev
+    (template,) = mocks.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    weakened = json.loads(json.dumps(template.inputs))
+    weakened["metadataOptions"]["httpTokens"] = "optional"
+    weakened["blockDeviceMappings"][0]["ebs"]["encrypted"] = "false"
+    rules = {v.rule for v in check_resources([ResourceView(template.type, template.name, weakened)])}
+    assert rules == {"imdsv2-required", "ebs-encrypted"}
+
+
+def test_the_built_image_reference_reaches_the_user_data(tmp_path: Path) -> None:
+    """The image the program built (an Output) replaces the upstream image in the user data: the units and
+    the pull script run exactly that reference, and the rest is the render's."""
+    fleet = fleet_of("dev")
+    ref = "123456789012.dkr.ecr.us-east-1.amazonaws.com/gpufleet-dev-vllm@sha256:" + "ab" * 32
+    mocks = AwsMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="dev", preview=False)
+    artifacts = render_fleet(fleet)
+    run_program(lambda: Ec2Fleet("dev", fleet=fleet, artifacts=artifacts, vllm_image=pulumi.Output.from_input(ref)))
+    (template,) = mocks.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    user_data = base64.b64decode(template.inputs["userData"]).decode()
+    (rendered,) = [a.content for a in artifacts if a.kind == "cloud-init"]
+    assert VLLM_IMAGE in rendered and VLLM_IMAGE not in user_data
+    assert user_data == rendered.replace(VLLM_IMAGE, ref)
+    path = tmp_path / "chat.yaml"
+    path.write_text(user_data, encoding="utf-8")
+    assert schema(path).returncode == 0

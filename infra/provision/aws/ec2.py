@@ -7,16 +7,18 @@ Nginx LB instances behind an NLB with TLS, and the monitoring host.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pulumi
 
-from infra.plan.optimize import FleetPlan
+from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.provision.aws.gpu import GpuGroup, GpuGroupArgs
 from infra.provision.aws.iam import GpuHostProfile
 from infra.provision.aws.network import Network, NetworkArgs
 from infra.provision.aws.security import SecurityGroups
 from infra.provision.aws.tags import cost_tags
 from infra.render.artifacts import Artifact
-from infra.render.cloudinit import user_data_path
+from infra.render.cloudinit import render_user_data, user_data_path
 from infra.render.systemd import start_timeout_s
 from infra.spec.profile import S3Weights
 
@@ -27,9 +29,15 @@ def weights_uris(fleet: FleetPlan) -> list[str]:
     return sorted({w.uri for w in sources if isinstance(w, S3Weights)})
 
 
+def _user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str) -> str:
+    return render_user_data(fleet, plan, image=image).content
+
+
 class Ec2Fleet(pulumi.ComponentResource):
     def __init__(self, name: str, *, fleet: FleetPlan, artifacts: list[Artifact],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+                 vllm_image: pulumi.Input[str] | None = None, opts: pulumi.ResourceOptions | None = None) -> None:
+        """``vllm_image``: the image reference the GPU hosts run (the one infra/provision/images.py built and
+        pushed); None keeps the render's pinned upstream image, and the user data is the render's file."""
         super().__init__("gpufleet:aws:Ec2Fleet", name, None, opts)
         spec = fleet.spec
         assert spec.region is not None
@@ -51,7 +59,8 @@ class Ec2Fleet(pulumi.ComponentResource):
             deployment = d.deployment.name
             self.groups[deployment] = GpuGroup(f"{name}-{deployment}", GpuGroupArgs(
                 plan=d,
-                user_data=user_data[user_data_path(deployment)],
+                user_data=user_data[user_data_path(deployment)] if vllm_image is None else
+                pulumi.Output.from_input(vllm_image).apply(partial(_user_data, fleet, d)),
                 subnet_ids=self.network.private_subnet_ids,
                 security_group_id=self.security.ids["gpu"],
                 instance_profile_arn=self.profile.profile_arn,

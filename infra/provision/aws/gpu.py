@@ -47,7 +47,7 @@ def root_volume_gib(plan: DeploymentPlan) -> int:
 @dataclass
 class GpuGroupArgs:
     plan: DeploymentPlan
-    user_data: str
+    user_data: pulumi.Input[str]
     subnet_ids: pulumi.Input[list[str]]
     security_group_id: pulumi.Input[str]
     instance_profile_arn: pulumi.Input[str]
@@ -71,7 +71,8 @@ class GpuGroup(pulumi.ComponentResource):
             name,
             image_id=ami.value,
             instance_type=chosen.machine.instance.name,
-            user_data=base64.b64encode(args.user_data.encode()).decode(),
+            user_data=pulumi.Output.from_input(args.user_data).apply(
+                lambda text: base64.b64encode(text.encode()).decode()),
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=args.instance_profile_arn),
             vpc_security_group_ids=[args.security_group_id],
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
