@@ -26,9 +26,9 @@ example: $(STAMP)
 	for stack in $(STACKS); do $(BIN)/gpufleet render -s $$stack -o out/$$stack || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check infra tests scripts benchmarks
+	$(BIN)/ruff check infra tests scripts benchmarks policy
 	$(BIN)/shellcheck -S style scripts/*.sh .ci/run
-	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data ansible
+	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data ansible policy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy infra
