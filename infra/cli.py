@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from infra.bench.cli import bench_command
 from infra.calibrate.cli import calibrate_command
 from infra.catalog import load_catalog
 from infra.catalog.schema import Architecture
+from infra.cli_common import fail, find_project
 from infra.emulate.cli import emulate_command
 from infra.plan.estimate import Load, estimate_json, run
 from infra.plan.optimize import plan_stack
@@ -33,8 +34,6 @@ from infra.spec.jsonschema import stale_schemas, write_schemas
 from infra.spec.load import LoadedStack, Project, load_calibration, load_profile, load_stack
 from infra.spec.pydantic_issues import did_you_mean
 
-USER_ERROR = 2
-
 app = typer.Typer(
     help="Plan, render and provision LLM inference fleets from typed YAML.",
     no_args_is_help=True,
@@ -46,22 +45,6 @@ ProjectDir = Annotated[
     Path | None,
     typer.Option("--project-dir", "-C", help="Project root (the folder with Pulumi.yaml). Default: search upward."),
 ]
-
-
-def find_project(start: Path | None) -> Project:
-    if start is not None:
-        return Project(start.resolve())
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
-            return Project(folder)
-    return Project(here)
-
-
-def fail(lines: list[str]) -> NoReturn:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(USER_ERROR)
 
 
 @app.command()

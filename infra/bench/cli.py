@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -26,30 +26,21 @@ from infra.bench.report import comparison_headline, comparison_table, document, 
 from infra.bench.runner import BenchConfig, Mode, RunResult, run
 from infra.bench.stats import summarise
 from infra.bench.workload import UNCAPPED_MODEL_LEN, LengthSource, parse_lengths
+from infra.cli_common import fail, planned_deployment
 from infra.plan.lengths import TokenLengths
-from infra.plan.optimize import DeploymentPlan, plan_stack
-from infra.spec.issues import SpecError
-from infra.spec.load import load_stack
-from infra.spec.pydantic_issues import did_you_mean
+from infra.plan.optimize import DeploymentPlan
 from infra.spec.tokens import FixedLengths
 
-USER_ERROR = 2
 DEFAULT_REQUESTS = 100
 # Without a deployment or flags: the lengths of `vllm bench serve --dataset-name random` by default.
 DEFAULT_INPUT, DEFAULT_OUTPUT = 1024, 128
-
-
-def _fail(lines: list[str]) -> NoReturn:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(USER_ERROR)
 
 
 def base_url(endpoint: str) -> str:
     """``http(s)://host[:port][/prefix]`` without a trailing ``/v1...``: the API paths are appended to it."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        _fail([f"error: --endpoint: '{endpoint}' is not an http(s) URL like http://localhost:8000"])
+        fail([f"error: --endpoint: '{endpoint}' is not an http(s) URL like http://localhost:8000"])
     url = endpoint.rstrip("/")
     for suffix in ("/v1/chat/completions", "/v1/completions", "/v1"):
         if url.endswith(suffix):
@@ -64,24 +55,9 @@ class Planned:
 
 
 def _planned(stack: str, deployment: str, replicas: int | None, project_dir: Path | None) -> Planned:
-    from infra.cli import find_project  # noqa: PLC0415 - infra.cli imports this module: import at call time
-
-    project = find_project(project_dir)
-    if stack not in project.stack_names():
-        _fail([f"error: --stack: unknown stack '{stack}' ({did_you_mean(stack, project.stack_names())})"])
-    try:
-        loaded = load_stack(project, stack)
-    except SpecError as exc:
-        _fail([*(issue.format() for issue in exc.issues), f"{len(exc.issues)} error(s) in stack '{stack}'."])
-    names = [d.name for d in loaded.spec.deployments]
-    if deployment not in names:
-        hint = did_you_mean(deployment, names)
-        _fail([f"error: --deployment: stack '{stack}' has no deployment '{deployment}' ({hint})"])
-    plan = next(p for p in plan_stack(loaded).deployments if p.deployment.name == deployment)
+    plan = planned_deployment(stack, deployment, project_dir)
     chosen = plan.chosen
-    if chosen is None:
-        _fail([f"error: {stack}/{deployment}: the planner found no feasible option "
-               f"(`gpufleet plan -s {stack} --explain` says why)"])
+    assert chosen is not None  # planned_deployment exits on an infeasible plan
     target = Target(stack, deployment, chosen.config.gpu.name, chosen.config.tp, replicas or chosen.replicas,
                     chosen.machine.instance.name)
     return Planned(plan, target)
@@ -93,7 +69,7 @@ def _lengths(text: str | None, flag: str, fallback: TokenLengths) -> TokenLength
     try:
         return parse_lengths(text, flag)
     except ValueError as exc:
-        _fail([f"error: {exc}"])
+        fail([f"error: {exc}"])
 
 
 def _run_with_progress(config: BenchConfig, quiet: bool) -> RunResult:
@@ -121,7 +97,7 @@ def _run_with_progress(config: BenchConfig, quiet: bool) -> RunResult:
         try:
             return asyncio.run(run(config, on_done))
         except Unreachable as exc:
-            _fail([f"error: {exc}"])
+            fail([f"error: {exc}"])
 
 
 def bench_command(  # noqa: PLR0917 - a typer command: one parameter per option (as infra/cli.py's commands)
@@ -167,11 +143,11 @@ def bench_command(  # noqa: PLR0917 - a typer command: one parameter per option 
     """Load an OpenAI-compatible endpoint; report TTFT/TPOT/E2E percentiles and throughput, and with -s/-d
     compare them with what the planner predicts for the same workload."""
     if (rate is None) == (concurrency is None):
-        _fail(["error: give exactly one of --rate (open loop) or --concurrency (closed loop)"])
+        fail(["error: give exactly one of --rate (open loop) or --concurrency (closed loop)"])
     if (stack is None) != (deployment is None):
-        _fail(["error: --stack and --deployment go together"])
+        fail(["error: --stack and --deployment go together"])
     if output is not None and not output.parent.is_dir():
-        _fail([f"error: --output: directory '{output.parent}' does not exist"])
+        fail([f"error: --output: directory '{output.parent}' does not exist"])
     url = base_url(endpoint)
     mode: Mode = "poisson" if rate is not None else "concurrency"
     planned = _planned(stack, deployment, replicas, project_dir) if stack and deployment else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -20,34 +20,16 @@ from infra.calibrate.fit import Balancing, Bench, BenchError, Fit, Replay, fit_s
 from infra.calibrate.model import Calibration, GpuCalibration, write_calibration
 from infra.catalog import Catalog, load_catalog
 from infra.catalog.schema import Gpu
+from infra.cli_common import deployment_or_fail, fail, find_project, load_or_fail
 from infra.plan.optimize import ReplicaConfig, profile_replica
 from infra.plan.perf import GpuLink
 from infra.plan.replica import DoesNotFit, Replica
 from infra.spec.checks import resolve_architecture
-from infra.spec.issues import SpecError, SpecIssue
-from infra.spec.load import LoadedStack, Project, load_calibration, load_stack
+from infra.spec.issues import SpecIssue
+from infra.spec.load import LoadedStack, Project, load_calibration
 from infra.spec.profile import ModelProfile
 from infra.spec.pydantic_issues import did_you_mean
 from infra.spec.stack import Deployment
-
-USER_ERROR = 2
-
-
-def _fail(lines: list[str]) -> NoReturn:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(USER_ERROR)
-
-
-def _project(start: Path | None) -> Project:
-    """The project root: given, or the nearest folder upward with Pulumi.yaml and stacks/ (as `gpufleet`)."""
-    if start is not None:
-        return Project(start.resolve())
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "Pulumi.yaml").is_file() and (folder / "stacks").is_dir():
-            return Project(folder)
-    return Project(here)
 
 
 @dataclass(frozen=True)
@@ -163,7 +145,7 @@ def _load(
     if len(gpus) > 1:
         problems.append(f"error: the benches ran on different GPUs ({', '.join(gpus)}); calibrate one GPU at a time")
     if problems:
-        _fail([*problems, "nothing was written."])
+        fail([*problems, "nothing was written."])
     return replays
 
 
@@ -236,22 +218,15 @@ def calibrate_command(  # noqa: PLR0917 -- a typer command: one parameter per co
     ] = None,
 ) -> None:
     """Fit a GPU's compute and bandwidth efficiency scales to bench results; plan then uses them."""
-    project = _project(project_dir)
-    try:
-        loaded = load_stack(project, stack)
-    except SpecError as exc:
-        _fail([*(issue.format() for issue in exc.issues), f"{len(exc.issues)} error(s); nothing was written."])
-    target = next((d for d in loaded.spec.deployments if d.name == deployment), None)
-    if target is None:
-        names = [d.name for d in loaded.spec.deployments]
-        hint = did_you_mean(deployment, names)
-        _fail([f"error: --deployment: stack '{stack}' has no deployment '{deployment}' ({hint})"])
+    project = find_project(project_dir)
+    loaded = load_or_fail(project, stack, "nothing was written")
+    target = deployment_or_fail(loaded, deployment)
     replays = _load(loaded, target, benches, project, gpu=gpu, tp=tp, replicas=replicas)
     path = out if out is not None else project.calibration_file
     issues: list[SpecIssue] = []
     existing = load_calibration(project, issues, path)
     if issues:
-        _fail([*(issue.format() for issue in issues), f"fix or remove {project.shown(path)}; nothing was written."])
+        fail([*(issue.format() for issue in issues), f"fix or remove {project.shown(path)}; nothing was written."])
 
     console = Console(width=160)
     fit = fit_scales(replays)

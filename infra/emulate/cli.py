@@ -13,46 +13,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, cast
+from typing import Annotated, cast
 
 import typer
 
+from infra.cli_common import fail, planned_deployment
 from infra.emulate.faults import FAULT_MODES, FaultMode, FaultPlan
 from infra.emulate.server import Emulator
-from infra.plan.optimize import DeploymentPlan, plan_stack
-from infra.spec.issues import SpecError
-from infra.spec.load import load_stack
-from infra.spec.pydantic_issues import did_you_mean
 
-USER_ERROR = 2
 CRASH_EXIT_CODE = 1
-
-
-def _fail(lines: list[str]) -> NoReturn:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(USER_ERROR)
-
-
-def _deployment_plan(stack: str, deployment: str, project_dir: Path | None) -> DeploymentPlan:
-    from infra.cli import find_project  # noqa: PLC0415 - infra.cli imports this module: import at call time
-
-    project = find_project(project_dir)
-    if stack not in project.stack_names():
-        _fail([f"error: --stack: unknown stack '{stack}' ({did_you_mean(stack, project.stack_names())})"])
-    try:
-        loaded = load_stack(project, stack)
-    except SpecError as exc:
-        _fail([*(issue.format() for issue in exc.issues), f"{len(exc.issues)} error(s) in stack '{stack}'."])
-    names = [d.name for d in loaded.spec.deployments]
-    if deployment not in names:
-        _fail([f"error: --deployment: stack '{stack}' has no deployment '{deployment}' "
-               f"({did_you_mean(deployment, names)})"])
-    plan = next(p for p in plan_stack(loaded).deployments if p.deployment.name == deployment)
-    if plan.chosen is None:
-        _fail([f"error: {stack}/{deployment}: the planner found no feasible option "
-               f"(`gpufleet plan -s {stack} --explain` says why)"])
-    return plan
 
 
 def _crash_exit() -> None:
@@ -72,7 +41,7 @@ async def _serve(emulator: Emulator, host: str, port: int, banner: str) -> None:
         url = await emulator.start(host, port)
     except OSError as exc:
         await emulator.stop()
-        _fail([f"error: --port: cannot listen on {host}:{port}: {exc.strerror or exc}"])
+        fail([f"error: --port: cannot listen on {host}:{port}: {exc.strerror or exc}"])
     typer.echo(f"{banner} on {url}")
     sys.stdout.flush()
     try:
@@ -106,8 +75,8 @@ def emulate_command(  # noqa: PLR0917 - a typer command: one parameter per optio
     """Serve a deployment's planned replica as an OpenAI-compatible vLLM emulator (tests, demos): the planner's
     scheduler and step times in real time, vLLM's endpoints and /metrics, injectable faults."""
     if fault not in FAULT_MODES:
-        _fail([f"error: --fault: '{fault}' is not one of {', '.join(FAULT_MODES)}"])
-    plan = _deployment_plan(stack, deployment, project_dir)
+        fail([f"error: --fault: '{fault}' is not one of {', '.join(FAULT_MODES)}"])
+    plan = planned_deployment(stack, deployment, project_dir)
     assert plan.chosen is not None
     faults = FaultPlan(mode=cast(FaultMode, fault), rate=fault_rate, slowdown=slowdown)  # checked above
     chosen = plan.chosen
