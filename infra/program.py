@@ -15,9 +15,11 @@ import pulumi
 
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.plan.serialize import fleet_json
+from infra.provision.images import Images
 from infra.provision.onprem import OnpremFleet
 from infra.render.artifacts import Artifact, write_artifacts
 from infra.render.stack import NotRenderable, render_fleet
+from infra.render.vllm import VLLM_VERSION
 from infra.spec.issues import SpecError
 from infra.spec.load import LoadedStack, Project, load_stack
 
@@ -42,8 +44,14 @@ def plan_summary(fleet: FleetPlan) -> dict[str, Any]:
 def _onprem(fleet: FleetPlan, artifacts: list[Artifact], project: Project, render_dir: str) -> None:
     site = fleet.spec.onprem
     assert site is not None
+    gpu_vars = None
+    if site.image_delivery == "archive":
+        images = Images(fleet.stack, stack=fleet.stack, engine_version=VLLM_VERSION, mode="archive",
+                        archive_dir=project.root / render_dir / "images", only=["vllm"])
+        gpu_vars = images.refs["vllm"].apply(lambda ref: {"gpufleet_vllm_image": ref,
+                                                          "gpufleet_vllm_image_archive": images.archives["vllm"]})
     OnpremFleet(fleet.stack, render_dir=render_dir, artifacts=artifacts, vars_root=project.root,
-                vars_files=list(site.vars_files))
+                vars_files=list(site.vars_files), gpu_vars=gpu_vars)
     host = fleet.spec.network.domain or site.load_balancers[0].address
     pulumi.export("endpoint", f"https://{host}/v1")
     pulumi.export("dashboards", f"http://{site.monitoring.address}:3000/dashboards/f/gpufleet")

@@ -126,12 +126,15 @@ class Images(pulumi.ComponentResource):
     def __init__(self, name: str, *, stack: str, engine_version: str, mode: Mode,
                  images_dir: Path = IMAGES_DIR, tags: dict[str, str] | None = None,
                  archive_dir: Path | None = None, kms_key_arn: str | None = None,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+                 only: Sequence[str] | None = None, opts: pulumi.ResourceOptions | None = None) -> None:
+        """``only``: build just these images (on-prem runs Debian's nginx, so it needs images/vllm alone)."""
         super().__init__("gpufleet:images:Images", name, None, opts)
         self.refs: dict[str, pulumi.Output[str]] = {}
         self.archives: dict[str, str] = {}
         self.image_tags: dict[str, str] = {}
         for image in discover_images(images_dir):
+            if only is not None and image not in only:
+                continue
             directory = images_dir / image
             build = BuildSpec(directory, image_tag(image, engine_version, directory),
                               build_args(directory, engine_version))

@@ -16,10 +16,12 @@ removes nothing from the hosts (the commands have no delete step): see ansible/R
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 import pulumi
@@ -72,10 +74,13 @@ def play_inputs(play: Play, artifacts: list[Artifact], vars_root: Path, vars_fil
     return {"render": _digest(rendered), "roles": _digest(roles), "vars_files": _digest(extra)}
 
 
-def playbook_command(render_dir: str, play: Play, vars_files: list[str]) -> str:
+def playbook_command(render_dir: str, play: Play, vars_files: list[str],
+                     extra_vars: dict[str, str] | None = None) -> str:
     args = ["ansible-playbook", "-i", f"{render_dir}/ansible/inventory.yml", SITE, "--tags", play.tag]
     for name in vars_files:
         args += ["-e", f"@{name}"]
+    for key, value in sorted((extra_vars or {}).items()):
+        args += ["-e", f"{key}={value}"]
     return shlex.join(args)
 
 
@@ -83,18 +88,23 @@ class OnpremFleet(pulumi.ComponentResource):
     """``gpufleet:onprem:Fleet``: the site playbook, one ``local.Command`` per play, run in site.yml's order."""
 
     def __init__(self, name: str, *, render_dir: str, artifacts: list[Artifact], vars_root: Path,
-                 vars_files: list[str], opts: pulumi.ResourceOptions | None = None) -> None:
+                 vars_files: list[str], gpu_vars: pulumi.Input[dict[str, str]] | None = None,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        """``gpu_vars``: extra variables of the GPU play, e.g. the image built for the site
+        (``gpufleet_vllm_image`` and ``gpufleet_vllm_image_archive``); a change re-runs that play."""
         super().__init__("gpufleet:onprem:Fleet", name, None, opts)
         previous: list[pulumi.Resource] = []
         self.plays: dict[str, local.Command] = {}
         for play in PLAYS:
             inputs = play_inputs(play, artifacts, vars_root, vars_files)
-            command = playbook_command(render_dir, play, vars_files)
+            extra = gpu_vars if play.tag == "gpu" and gpu_vars is not None else {}
+            command = pulumi.Output.from_input(extra).apply(partial(playbook_command, render_dir, play, vars_files))
             self.plays[play.tag] = local.Command(
                 f"{name}-{play.tag}",
                 create=command,
-                # Same digest, no run; any change replaces the command, which runs create again.
-                triggers=[inputs["render"], inputs["roles"], inputs["vars_files"]],
+                # Same digests (and command), no run; any change replaces the command, which runs create again.
+                triggers=[inputs["render"], inputs["roles"], inputs["vars_files"],
+                          pulumi.Output.from_input(extra).apply(lambda v: json.dumps(v, sort_keys=True))],
                 environment={"ANSIBLE_CONFIG": ANSIBLE_CFG, "ANSIBLE_NOCOLOR": "1"},
                 # The play's log is the output of `pulumi up`; secrets are no_log in the roles.
                 logging=local.Logging.STDOUT_AND_STDERR,

@@ -233,6 +233,10 @@ class OnpremSite(SpecModel):
     ssh_user: str = Field(default="ansible", pattern=r"^[a-z_][a-z0-9_-]*$")
     admin_cidrs: list[Cidr] = Field(min_length=1)
     """Networks allowed to SSH in (and to open Grafana): the firewall role drops everything else."""
+    image_delivery: Literal["pull", "archive"] = "pull"
+    """How the GPU servers get the vLLM image: pull (the pinned upstream image, from its registry) or archive
+    (`pulumi up` builds images/vllm into a tar archive and the vllm role loads it: sites without registry
+    access)."""
     vars_files: list[str] = Field(default_factory=list)
     """Extra-vars files `pulumi up` passes to ansible-playbook (`-e @FILE`, relative to the project root),
     e.g. the ansible-vault encrypted file holding the stack's secrets; the vault password comes from

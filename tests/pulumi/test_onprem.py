@@ -14,6 +14,7 @@ import pulumi
 import pytest
 
 from infra import program
+from infra.render.vllm import VLLM_VERSION
 from infra.spec.load import Project
 from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
 from tests.tooling import require_tool
@@ -72,7 +73,8 @@ def test_resource_graph(example: tuple[RecordingMocks, Path]) -> None:
             "ansible-playbook", "-i", f"{render}/ansible/inventory.yml", "ansible/playbooks/site.yml", "--tags", play]
         assert "delete" not in inputs  # destroying the stack leaves the hosts as they are
         assert inputs["environment"]["ANSIBLE_CONFIG"] == "ansible/ansible.cfg"
-        assert len(inputs["triggers"]) == 3 and all(len(t) == 64 for t in inputs["triggers"])
+        assert len(inputs["triggers"]) == 4 and all(len(t) == 64 for t in inputs["triggers"][:3])
+        assert inputs["triggers"][3] == "{}"  # no extra variables: the upstream image is pulled
     assert (render / "ansible/inventory.yml").is_file() and (render / "manifest.json").is_file()
 
 
@@ -139,3 +141,40 @@ def test_vars_files_are_passed_and_rerun_every_play(tmp_path: Path) -> None:
     second = converge(project, tmp_path / "render")
     assert all(triggers(first)[p][2] != triggers(second)[p][2] for p in PLAYS)
     assert all(triggers(first)[p][:2] == triggers(second)[p][:2] for p in PLAYS)
+    assert all(triggers(first)[p][3] == triggers(second)[p][3] for p in PLAYS)
+
+
+class ImageMocks(RecordingMocks):
+    """docker-build's Image answers with its ref (the local tag when nothing is pushed) and a digest."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        rid, outputs = super().new_resource(args)
+        if args.typ == "docker-build:index:Image":
+            outputs = {**outputs, "ref": args.inputs["tags"][0], "digest": "sha256:" + "0" * 64}
+        return rid, outputs
+
+
+def test_archive_delivery_builds_the_vllm_image_for_the_gpu_play(tmp_path: Path) -> None:
+    """imageDelivery: archive (sites without registry access): pulumi up builds images/vllm into a tar archive,
+    and the GPU play, and only it, gets the image's name and archive (the vllm role loads it)."""
+    project = project_copy(tmp_path, ("    adminCidrs: [10.20.0.0/24]", "    adminCidrs: [10.20.0.0/24]\n"
+                                      "    imageDelivery: archive"))
+    render = tmp_path / "render"
+    mocks = ImageMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=STACK, preview=False)
+    run_program(lambda: program.run(STACK, project, render_dir=str(render)))
+    (image,) = mocks.of_type("docker-build:index:Image")  # vllm only: on-prem LBs run Debian's nginx
+    tag = image.inputs["tags"][0]
+    assert tag.startswith(f"gpufleet-vllm:v{VLLM_VERSION}-") and not image.inputs["push"]
+    archive = f"{render}/images/vllm.tar"
+    (export,) = image.inputs["exports"]
+    assert (export["docker"]["dest"], export["docker"]["tar"]) == (archive, True)
+    plays = commands(mocks)
+    gpu = shlex.split(plays["gpu"]["create"])
+    assert gpu[-4:] == ["-e", f"gpufleet_vllm_image={tag}", "-e", f"gpufleet_vllm_image_archive={archive}"]
+    assert all("-e" not in shlex.split(plays[p]["create"]) for p in PLAYS if p != "gpu")
+    argv = [require_tool("ansible-playbook"), *gpu[1:], "--syntax-check"]
+    proc = subprocess.run(argv, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT),
+                                                **plays["gpu"]["environment"]},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
