@@ -205,14 +205,24 @@ def _check_target(
     if spec.target == "aws-ec2" and spec.api_key.source not in EC2_READABLE_SECRETS:
         yield locator.issue(("apiKey", "source"), f"an EC2 instance cannot read a {spec.api_key.source} secret at boot",
                             f"use {' or '.join(EC2_READABLE_SECRETS)}")
-    if spec.eks is not None and spec.target != "eks":
-        yield locator.issue(("eks",), "only the eks target uses eks settings", at_key=True)
+    yield from _check_eks(spec, locator)
     if spec.network.tls.source == "acm" and not cloud:
         yield locator.issue(("network", "tls", "source"), "ACM certificates exist only on AWS",
                             "use file (cert + key secrets) or self-signed")
     if spec.network.tls.source == "none" and any(c.endswith("/0") for c in spec.network.allowed_client_cidrs):
         yield locator.issue(("network", "tls"), "the API is open to the internet without TLS: keys travel in clear",
                             "use tls.source acm or file", severity="warning", at_key=True)
+
+
+def _check_eks(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
+    if spec.eks is not None and spec.target != "eks":
+        yield locator.issue(("eks",), "only the eks target uses eks settings", at_key=True)
+    kubeconfig = spec.eks.existing_kubeconfig if spec.eks else None
+    if kubeconfig is not None and kubeconfig.source != "pulumi-config":
+        yield locator.issue(("eks", "existingKubeconfig", "source"),
+                            f"the kubeconfig of an existing cluster cannot come from {kubeconfig.source}",
+                            "store it with `pulumi config set --secret gpufleet:kubeconfig < kubeconfig` and use "
+                            "source: pulumi-config, name: gpufleet:kubeconfig")
 
 
 def _check_onprem(spec: StackSpec, locator: Locator, catalog: Catalog) -> Iterator[SpecIssue]:

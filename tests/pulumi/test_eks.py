@@ -1,0 +1,121 @@
+"""The eks platform under mocks, on the prod example: one GPU managed node group per instance type the plan
+chose (NVIDIA AMI, taint, labels, sizes from the plan), the system node group, the cluster's guard rails, the
+pinned charts on a provider built from the cluster, and an existing cluster that creates nothing on AWS."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from infra.plan.optimize import FleetPlan
+from infra.provision.aws.eks import CHARTS, GPU_AMI_TYPE, EksPlatform, gpu_node_groups, node_group_name
+from infra.provision.policy import ResourceView, check_resources
+from infra.render.systemd import slots_per_machine
+from tests.pulumi.mocks import ensure_event_loop, run_program
+from tests.pulumi.test_aws_ec2 import AwsMocks, fleet_of
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+class EksMocks(AwsMocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        rid, outputs = super().new_resource(args)
+        if args.typ == "aws:eks/cluster:Cluster":
+            outputs = {**outputs, "endpoint": "https://0123456789ABCDEF.gr7.us-east-1.eks.amazonaws.com",
+                       "certificateAuthority": {"data": "Q0EgZGF0YQ=="}}
+        return rid, outputs
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> None:
+    ensure_event_loop()
+
+
+def provision(fleet: FleetPlan) -> EksMocks:
+    mocks = EksMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=fleet.stack, preview=False)
+    run_program(lambda: EksPlatform(fleet.stack, fleet=fleet))
+    return mocks
+
+
+@pytest.fixture(scope="module")
+def prod() -> tuple[FleetPlan, EksMocks]:
+    ensure_event_loop()
+    fleet = fleet_of("prod")
+    return fleet, provision(fleet)
+
+
+def test_one_gpu_node_group_per_planned_instance_type(prod: tuple[FleetPlan, EksMocks]) -> None:
+    fleet, mocks = prod
+    groups = {r.name.removeprefix("prod-"): r.inputs for r in mocks.of_type(NODE_GROUP)}
+    planned = gpu_node_groups(fleet)
+    assert set(groups) == {"system"} | {node_group_name(n) for n in planned}
+    for nodes in planned:
+        group = groups[node_group_name(nodes)]
+        assert group["amiType"] == GPU_AMI_TYPE and group["instanceTypes"] == [nodes.instance_type]
+        assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+        assert group["labels"]["gpufleet.io/gpu"] == nodes.gpu
+        assert group["capacityType"] == ("SPOT" if nodes.spot else "ON_DEMAND")
+        on_it = [d for d in fleet.deployments if d.chosen and d.chosen.machine.instance.name == nodes.instance_type]
+        machines = sum(d.chosen.machines for d in on_it if d.chosen)
+        ceiling = sum(math.ceil(max(d.deployment.replicas.max, d.chosen.replicas) / slots_per_machine(d))
+                      for d in on_it if d.chosen)
+        scaling = group["scalingConfig"]
+        assert scaling["minSize"] == scaling["desiredSize"] == machines
+        assert scaling["maxSize"] == max(machines, ceiling)
+    assert groups["system"]["taints"] == [] and groups["system"]["amiType"] == "AL2023_x86_64_STANDARD"
+
+
+def test_every_resource_passes_the_policy_pack(prod: tuple[FleetPlan, EksMocks]) -> None:
+    _, mocks = prod
+    assert check_resources([ResourceView(r.type, r.name, r.inputs) for r in mocks.resources]) == []
+
+
+def test_cluster_guard_rails(prod: tuple[FleetPlan, EksMocks]) -> None:
+    fleet, mocks = prod
+    (cluster,) = mocks.of_type("aws:eks/cluster:Cluster")
+    assert cluster.inputs["version"] == "1.33"
+    vpc = cluster.inputs["vpcConfig"]
+    assert vpc["endpointPrivateAccess"] is True
+    assert vpc["publicAccessCidrs"] == list(fleet.spec.network.allowed_client_cidrs)
+    assert cluster.inputs["encryptionConfig"]["resources"] == ["secrets"]
+    (key,) = mocks.of_type("aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    assert {r.inputs["addonName"] for r in mocks.of_type("aws:eks/addon:Addon")} == {"vpc-cni", "coredns",
+                                                                                     "kube-proxy"}
+
+
+def test_pinned_charts_on_the_clusters_provider(prod: tuple[FleetPlan, EksMocks]) -> None:
+    _, mocks = prod
+    releases = {r.name.removeprefix("prod-"): r.inputs for r in mocks.of_type(RELEASE)}
+    assert set(releases) == set(CHARTS)
+    for key, chart in CHARTS.items():
+        release = releases[key]
+        assert (release["chart"], release["version"], release["repositoryOpts"]["repo"], release["namespace"]) == (
+            chart.chart, chart.version, chart.repo, chart.namespace)
+    tolerations = releases["nvidia-device-plugin"]["values"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    (provider,) = mocks.of_type("pulumi:providers:kubernetes")
+    config = json.loads(provider.inputs["kubeconfig"])
+    (user,) = config["users"]
+    assert user["user"]["exec"]["args"][:3] == ["eks", "get-token", "--cluster-name"]
+
+
+def test_existing_cluster_creates_nothing_on_aws(tmp_path: Path) -> None:
+    fleet = fleet_of("prod", ('    kubernetesVersion: "1.33"\n',
+                              '    kubernetesVersion: "1.33"\n'
+                              "    existingKubeconfig: {source: pulumi-config, name: gpufleet:kubeconfig}\n"),
+                     tmp_path)
+    pulumi.runtime.set_all_config({"gpufleet:kubeconfig": "apiVersion: v1\nkind: Config\n"})
+    try:
+        mocks = provision(fleet)
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert not [r for r in mocks.resources if r.type.startswith("aws:")]
+    assert len(mocks.of_type(RELEASE)) == len(CHARTS)
