@@ -351,8 +351,8 @@ def check_gpu_instance_types(resource: ResourceView, ctx: PolicyContext) -> Iter
     for name in source(resource.props):
         if is_gpu_instance_type(name) and name not in ctx.gpu_instance_types:
             yield (f"{resource.name}: GPU instance type {name} is not in the gpufleet catalog, so the plan "
-                   "never priced or sized it; use one of the catalog's AWS types (`gpufleet catalog` / "
-                   "infra/catalog/data/instances.yaml) or add it there with its source and price.")
+                   "never priced or sized it; use one of the catalog's AWS types "
+                   "(infra/catalog/data/instances.yaml) or add it there with its source and price.")
 
 
 RESOURCE_RULES: tuple[ResourceRule, ...] = (
