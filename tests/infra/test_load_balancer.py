@@ -53,7 +53,7 @@ def test_api_refuses_a_request_without_key(host):
 def test_api_lists_the_models_with_the_key(host):
     key = os.environ.get("GPUFLEET_API_KEY")
     if not key:
-        pytest.skip("set GPUFLEET_API_KEY to the stack's API key to check the key-hash map")
+        pytest.fail("GPUFLEET_API_KEY (the stack's vLLM API key) is needed to check the key-hash map")
     response = http(host, "https://127.0.0.1/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert response.status == 200, response.body
     assert response.json()["data"], "the LB serves at least one model"
