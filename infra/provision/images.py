@@ -212,6 +212,9 @@ class Images(pulumi.ComponentResource):
             # once per platform for hosts that do not exist.
             platforms=[docker_build.Platform.LINUX_AMD64],
             build_args=build.args,
+            # A preview (every pull request) does not pull the multi-GB vLLM base to build an image it would
+            # not push; `pulumi up` builds it.
+            build_on_preview=False,
             push=push,
             tags=tags,
             registries=registries,

@@ -164,6 +164,7 @@ def test_image_builds_the_directory_and_pushes_the_tag(ecr: Built) -> None:
         assert inputs["dockerfile"] == {"location": str(images_dir / image / "Dockerfile")}
         assert inputs["platforms"] == ["linux/amd64"]
         assert inputs["push"] is True
+        assert inputs["buildOnPreview"] is False  # previews of pull requests do not build the images
         assert inputs["tags"] == [f"{repository_url}:{ecr.tags[image]}"]
         assert "exports" not in inputs
         # The password makes the whole list a secret: it never shows in plain text in the state or a preview.
