@@ -32,12 +32,12 @@ from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.provision.aws.gpu import root_volume_gib
 from infra.provision.aws.network import Network, NetworkArgs
 from infra.provision.aws.tags import cost_tags
+from infra.render.k8s_workloads import GPU_LABEL, GPU_TAINT_KEY, GPU_TAINT_VALUE, INSTANCE_LABEL
 from infra.render.systemd import slots_per_machine
 
 GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
-GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
-GPU_LABEL = "gpufleet.io/gpu"
-INSTANCE_LABEL = "gpufleet.io/instance-type"
+# The labels and taint the vLLM pods select and tolerate (infra/render/k8s_workloads.py defines them).
+GPU_TAINT = {"key": GPU_TAINT_KEY, "value": GPU_TAINT_VALUE, "effect": "NO_SCHEDULE"}
 SYSTEM_INSTANCE_TYPE = "m7i.xlarge"  # Prometheus, Grafana, KEDA, the LB: 4 vCPU / 16 GiB, not a GPU
 SYSTEM_NODES = (2, 4)  # min, max: two for a rolling update of the system pods without an outage
 

@@ -1,0 +1,341 @@
+"""The vLLM workloads of an eks stack as Kubernetes objects (kind ``k8s-manifest``; pure render, no Pulumi).
+
+Rendered files (relative to the render directory):
+
+- ``k8s/workloads/namespace.yaml`` — the ``gpufleet`` Namespace, once per stack;
+- ``k8s/workloads/<deployment>.yaml`` — per deployment, in apply order: ConfigMap (the vLLM config file of
+  :func:`infra.render.vllm.render_vllm`), Service, Deployment, PodDisruptionBudget and KEDA ScaledObject,
+  all named ``gpufleet-vllm-<deployment>``.
+
+Why ``gpufleet-vllm-<deployment>`` and not ``vllm-<deployment>``: the dcgm-exporter PodMonitor
+(:func:`infra.render.prometheus_config.pod_monitors`) attributes each GPU to a deployment by the name of the
+pod using it, ``gpufleet-vllm-(<deployment>)-<replicaset hash>-<pod hash>``; and Kubernetes' service links
+would turn a Service ``vllm-x`` into ``VLLM_X_*`` variables, which vLLM reads as its own settings (vLLM docs,
+"Using Kubernetes": never name a Service ``vllm``). Pods also set ``enableServiceLinks: false``.
+
+The replica runs exactly as the systemd unit runs it (infra/render/systemd.py): the pinned image, the
+positional model and ``--config`` at the same container path, HF_HOME in the host's model cache, the API key
+from the environment. The API key Secret (:data:`API_KEY_SECRET`) is created at deploy time from the stack's
+secret and never rendered.
+
+The GPU node groups (infra/provision/aws/eks.py) carry the labels and taint defined here
+(:data:`GPU_LABEL`, :data:`INSTANCE_LABEL`, :data:`GPU_TAINT_KEY`) and import them from this module (render
+never imports provision, which needs Pulumi).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+from typing import Any
+
+from infra.plan.optimize import DeploymentPlan, FleetPlan
+from infra.render.artifacts import Artifact
+from infra.render.hostlayout import CONTAINER_CONFIG, CONTAINER_HF_HOME, CONTAINER_MODELS, MODEL_CACHE, VLLM_PORT
+from infra.render.prometheus_config import K8S_VLLM_APP, k8s_documents
+from infra.render.systemd import STOP_GRACE_S, VLLM_IMAGE, start_timeout_s
+from infra.render.telemetry import (
+    DEPLOYMENT_LABEL,
+    K8S_APP_LABEL,
+    K8S_DEPLOYMENT_LABEL,
+    K8S_MONITORING_NAMESPACE,
+    K8S_NAMESPACE,
+    K8S_PROMETHEUS_RELEASE,
+    K8S_VLLM_PORT_NAME,
+    PROMETHEUS_PORT,
+    VLLM_JOB,
+)
+from infra.render.vllm import API_KEY_ENV, config_path, model_argument, render_vllm
+
+WORKLOADS_DIR = "k8s/workloads"
+NAMESPACE_PATH = f"{WORKLOADS_DIR}/namespace.yaml"
+PART_OF = {"app.kubernetes.io/part-of": "gpufleet"}
+CONTAINER = "vllm"
+
+# -- GPU nodes (the eks node groups carry these: infra/provision/aws/eks.py imports them) ---------------------
+GPU_LABEL = "gpufleet.io/gpu"
+INSTANCE_LABEL = "gpufleet.io/instance-type"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_TAINT_VALUE = "true"
+GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource the NVIDIA device plugin advertises
+
+# -- the API key: Secret `gpufleet-api-key` in namespace gpufleet, key `api-key`, written at deploy time from
+# the stack's apiKey secret (never rendered); the pod reads it as VLLM_API_KEY, like the unit's env file.
+API_KEY_SECRET = "gpufleet-api-key"
+API_KEY_SECRET_KEY = "api-key"
+
+# -- what a GPU node keeps for itself, split between its replicas in proportion to their GPUs ---------------
+# CPU: 1 vCPU + 1 % of the node. AL2023's kube-reserved is 6 % of the first core, 1 % of the second, 0.5 % of
+# the next two and 0.25 % above (≈ 0.55 vCPU on 192 vCPUs); the GPU-node DaemonSets (aws-node, kube-proxy,
+# NVIDIA device plugin, dcgm-exporter, node-exporter) request a few hundred millicores more.
+NODE_RESERVE_CPU_MILLI = 1000
+NODE_RESERVE_CPU_FRACTION = 0.01
+# Memory: 2 GiB + 5 % of the node. The kubelet sees MemTotal, 2-4 % below the instance's nominal memory (the
+# kernel's page map alone is 1.6 %); AL2023's kube-reserved is 255 MiB + 11 MiB per max pod, plus the 100 MiB
+# eviction threshold and the DaemonSets' memory.
+NODE_RESERVE_MEMORY_MIB = 2048
+NODE_RESERVE_MEMORY_FRACTION = 0.05
+# /dev/shm: PyTorch's tensor-parallel workers and vLLM's engine processes exchange tensors through shared
+# memory, and a container's default /dev/shm is 64 MiB (vLLM docs, "Using Kubernetes" and "Using Docker":
+# the unit uses --ipc=host instead). Memory-backed, so it counts against the memory limit: capped at 16 GiB
+# and a quarter of the replica's memory.
+SHM_MAX_MIB = 16 * 1024
+
+# -- lifecycle --------------------------------------------------------------------------------------------
+PROBE_PERIOD_S = 10
+# The endpoint leaves the Service (kube-proxy rules, the LB's view of the endpoints) asynchronously to the
+# pod's termination: sleep before SIGTERM so no new request reaches a replica that is draining.
+PRESTOP_SLEEP_S = 15
+# Pulling the ~10 GB vLLM image on a fresh node happens before the startup probe's budget starts.
+IMAGE_PULL_S = 600
+
+# -- autoscaling ------------------------------------------------------------------------------------------
+# Target queue per replica: vLLM queues a request only when max-num-seqs or the KV cache is exhausted, so any
+# sustained queue means saturation. A small non-zero target (KEDA's prometheus trigger is an HPA AverageValue:
+# replicas = ceil(sum waiting / target)) absorbs single bursts without flapping.
+WAITING_PER_REPLICA = 5
+SCALE_POLLING_S = 15  # the ServiceMonitor's scrape interval: polling faster reads the same sample
+HPA_MAX_STABILIZATION_S = 3600  # the HPA API's upper bound on stabilizationWindowSeconds
+PROMETHEUS_URL = (f"http://{K8S_PROMETHEUS_RELEASE}-prometheus.{K8S_MONITORING_NAMESPACE}.svc.cluster.local"
+                  f":{PROMETHEUS_PORT}")  # kube-prometheus-stack's Prometheus Service: <release>-prometheus
+
+
+def workload_name(deployment: str) -> str:
+    return f"gpufleet-vllm-{deployment}"
+
+
+def pod_labels(deployment: str) -> dict[str, str]:
+    """Exactly what the deployment's ServiceMonitor selects (and the Deployment's immutable selector)."""
+    return {K8S_APP_LABEL: K8S_VLLM_APP, K8S_DEPLOYMENT_LABEL: deployment}
+
+
+def _metadata(deployment: str) -> dict[str, Any]:
+    return {"name": workload_name(deployment), "namespace": K8S_NAMESPACE,
+            "labels": {**pod_labels(deployment), **PART_OF}}
+
+
+def container_config(deployment: str) -> str:
+    """Where ``--config`` points inside the container (the systemd unit's path)."""
+    return f"{CONTAINER_CONFIG}/{config_path(deployment)}"
+
+
+def vllm_config(plan: DeploymentPlan) -> str:
+    return next(a.content for a in render_vllm(plan) if a.kind == "vllm-config")
+
+
+def node_selector(plan: DeploymentPlan) -> dict[str, str]:
+    assert plan.chosen is not None
+    return {GPU_LABEL: plan.chosen.config.gpu.name, INSTANCE_LABEL: plan.chosen.machine.instance.name}
+
+
+def replica_resources(plan: DeploymentPlan) -> dict[str, str]:
+    """The replica's share of its node (tp of gpu_count GPUs) after the node's reserve: cpu and memory."""
+    assert plan.chosen is not None
+    instance, tp = plan.chosen.machine.instance, plan.chosen.config.tp
+    if instance.vcpus is None or instance.memory_gib is None:
+        raise ValueError(f"instance type {instance.name} has no vCPU or memory figure in the catalog")
+    node_cpu_milli = instance.vcpus * 1000
+    cpu_milli = node_cpu_milli - NODE_RESERVE_CPU_MILLI - node_cpu_milli * NODE_RESERVE_CPU_FRACTION
+    node_memory_mib = instance.memory_gib * 1024
+    memory_mib = node_memory_mib - NODE_RESERVE_MEMORY_MIB - node_memory_mib * NODE_RESERVE_MEMORY_FRACTION
+    share = tp / instance.gpu_count
+    return {"cpu": f"{math.floor(cpu_milli * share)}m", "memory": f"{math.floor(memory_mib * share)}Mi"}
+
+
+def shm_mib(plan: DeploymentPlan) -> int:
+    memory = int(replica_resources(plan)["memory"].removesuffix("Mi"))
+    return min(SHM_MAX_MIB, memory // 4)
+
+
+def config_map(plan: DeploymentPlan) -> dict[str, Any]:
+    name = plan.deployment.name
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(name),
+            "data": {posixpath.basename(container_config(name)): vllm_config(plan)}}
+
+
+def service(plan: DeploymentPlan) -> dict[str, Any]:
+    name = plan.deployment.name
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(name),
+            "spec": {"type": "ClusterIP", "selector": pod_labels(name),
+                     "ports": [{"name": K8S_VLLM_PORT_NAME, "port": VLLM_PORT, "targetPort": K8S_VLLM_PORT_NAME,
+                                "protocol": "TCP"}]}}
+
+
+def _probe(failure_threshold: int, period_s: int) -> dict[str, Any]:
+    # /health is unauthenticated (only /v1 needs the API key) and fails once the engine is dead.
+    return {"httpGet": {"path": "/health", "port": K8S_VLLM_PORT_NAME}, "periodSeconds": period_s,
+            "timeoutSeconds": 5, "failureThreshold": failure_threshold}
+
+
+def probes(plan: DeploymentPlan) -> dict[str, Any]:
+    """Startup: the unit's start-up budget (weights load + engine start); afterwards readiness takes a busy
+    replica out of the Service quickly, liveness restarts a dead engine after a minute."""
+    return {
+        "startupProbe": _probe(math.ceil(start_timeout_s(plan) / PROBE_PERIOD_S), PROBE_PERIOD_S),
+        "readinessProbe": _probe(3, 5),
+        "livenessProbe": _probe(6, PROBE_PERIOD_S),
+    }
+
+
+def container(plan: DeploymentPlan, image: str) -> dict[str, Any]:
+    assert plan.chosen is not None
+    name = plan.deployment.name
+    resources = replica_resources(plan)
+    return {
+        "name": CONTAINER,
+        "image": image,
+        # The image's entrypoint is `vllm serve`: the same arguments as the unit's `docker run`.
+        "args": [model_argument(plan.profile), "--config", container_config(name)],
+        "ports": [{"name": K8S_VLLM_PORT_NAME, "containerPort": VLLM_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": API_KEY_SECRET_KEY}}},
+            {"name": "HF_HOME", "value": CONTAINER_HF_HOME},
+        ],
+        # requests = limits: Guaranteed QoS, so the kubelet evicts a GPU replica last under node pressure.
+        "resources": {"requests": dict(resources),
+                      "limits": {**resources, GPU_RESOURCE: str(plan.chosen.config.tp)}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": posixpath.dirname(container_config(name)), "readOnly": True},
+            {"name": "models", "mountPath": CONTAINER_MODELS},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+        **probes(plan),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},  # native sleep: no shell needed
+        # Not readOnlyRootFilesystem (vLLM and torch.compile write caches under ~/.cache) nor runAsNonRoot
+        # (the upstream image runs as root and the model cache is root's on the host).
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+def volumes(plan: DeploymentPlan) -> list[dict[str, Any]]:
+    name = plan.deployment.name
+    return [
+        {"name": "config", "configMap": {"name": workload_name(name)}},
+        # The node's model cache, as on the EC2 hosts: a restarted or rescheduled replica on the same node
+        # reuses the downloaded weights instead of pulling tens of GiB again (the node's root volume is sized
+        # from the largest model on it, infra/provision/aws/gpu.py root_volume_gib).
+        {"name": "models", "hostPath": {"path": MODEL_CACHE, "type": "DirectoryOrCreate"}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib(plan)}Mi"}},
+    ]
+
+
+def _spread(key: str, deployment: str) -> dict[str, Any]:
+    # ScheduleAnyway for both keys: the plan packs several replicas per machine (gpu_count // tp slots) and
+    # nothing adds nodes on demand, so a hard spread would leave replicas Pending on a node group at its size.
+    return {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": pod_labels(deployment)}}
+
+
+def pod_spec(plan: DeploymentPlan, image: str) -> dict[str, Any]:
+    name = plan.deployment.name
+    return {
+        "nodeSelector": node_selector(plan),
+        "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Equal", "value": GPU_TAINT_VALUE,
+                         "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [_spread("topology.kubernetes.io/zone", name),
+                                      _spread("kubernetes.io/hostname", name)],
+        "enableServiceLinks": False,  # VLLM_* service variables would be read as vLLM settings
+        # SIGTERM makes vLLM drain in-flight streams (the unit's `docker stop --time`), after the preStop sleep.
+        "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + STOP_GRACE_S,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container(plan, image)],
+        "volumes": volumes(plan),
+    }
+
+
+def deployment(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> dict[str, Any]:
+    assert plan.chosen is not None
+    name = plan.deployment.name
+    checksum = hashlib.sha256(vllm_config(plan).encode()).hexdigest()
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name),
+        "spec": {
+            # KEDA's HPA owns the count afterwards; the plan's count is also its minimum.
+            "replicas": plan.chosen.replicas,
+            "selector": {"matchLabels": pod_labels(name)},
+            # Surge one replica and remove an old one only once the new one serves: capacity never drops.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # The default 600 s would mark a rollout failed while a large model is still loading.
+            "progressDeadlineSeconds": start_timeout_s(plan) + IMAGE_PULL_S,
+            "template": {
+                # A changed vLLM config changes the template, so the replicas roll (a ConfigMap edit alone
+                # would not restart them).
+                "metadata": {"labels": {**pod_labels(name), **PART_OF},
+                             "annotations": {"gpufleet.dev/vllm-config-sha256": checksum}},
+                "spec": pod_spec(plan, image),
+            },
+        },
+    }
+
+
+def disruption_budget(plan: DeploymentPlan) -> dict[str, Any]:
+    """maxUnavailable 1 for either redundancy: n+1 plans one spare replica, so a drain keeps the planned
+    capacity; with redundancy none the owner accepted the dip, and minAvailable = replicas would block node
+    upgrades for ever. AlwaysAllow: a replica that is not ready (crash loop) never blocks a drain."""
+    name = plan.deployment.name
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(name),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_labels(name)},
+                     "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
+
+
+def queue_query(deployment: str) -> str:
+    """Waiting requests of the deployment, with the job and deployment labels the ServiceMonitor sets."""
+    return f'sum(vllm:num_requests_waiting{{job="{VLLM_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})'
+
+
+def max_replicas(plan: DeploymentPlan) -> int:
+    assert plan.chosen is not None
+    return max(plan.deployment.replicas.max, plan.chosen.replicas)
+
+
+def scaled_object(plan: DeploymentPlan) -> dict[str, Any]:
+    assert plan.chosen is not None
+    name = plan.deployment.name
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload_name(name)},
+            "minReplicaCount": plan.chosen.replicas,
+            "maxReplicaCount": max_replicas(plan),
+            "pollingInterval": SCALE_POLLING_S,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                # A removed replica takes its start-up budget to come back: do not give it up on a lull
+                # shorter than that.
+                "stabilizationWindowSeconds": min(start_timeout_s(plan), HPA_MAX_STABILIZATION_S)}}}},
+            "triggers": [{
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                # KEDA trigger metadata values are strings.
+                "metadata": {"serverAddress": PROMETHEUS_URL, "query": queue_query(name),
+                             "threshold": str(WAITING_PER_REPLICA)},
+            }],
+        },
+    }
+
+
+def namespace() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": K8S_NAMESPACE, "labels": PART_OF}}
+
+
+def workload_objects(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[dict[str, Any]]:
+    """One deployment's objects in apply order."""
+    return [config_map(plan), service(plan), deployment(plan, image), disruption_budget(plan),
+            scaled_object(plan)]
+
+
+def render_k8s_workloads(plan: FleetPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
+    """``image``: the pinned upstream image in the render; at deploy time the image the program pushed."""
+    if plan.spec.target != "eks":
+        return []
+    artifacts = [Artifact(NAMESPACE_PATH, "k8s-manifest", None, k8s_documents([namespace()], plan.stack))]
+    for d in plan.deployments:
+        assert d.chosen is not None  # render runs on feasible plans only
+        name = d.deployment.name
+        artifacts.append(Artifact(f"{WORKLOADS_DIR}/{name}.yaml", "k8s-manifest", name,
+                                  k8s_documents(workload_objects(d, image), plan.stack)))
+    return artifacts
