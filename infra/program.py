@@ -53,7 +53,8 @@ def _onprem(fleet: FleetPlan, artifacts: list[Artifact], project: Project, rende
     OnpremFleet(fleet.stack, render_dir=render_dir, artifacts=artifacts, vars_root=project.root,
                 vars_files=list(site.vars_files), gpu_vars=gpu_vars)
     host = fleet.spec.network.domain or site.load_balancers[0].address
-    pulumi.export("endpoint", f"https://{host}/v1")
+    scheme = "http" if fleet.spec.network.tls.source == "none" else "https"
+    pulumi.export("endpoint", f"{scheme}://{host}/v1")
     pulumi.export("dashboards", f"http://{site.monitoring.address}:3000/dashboards/f/gpufleet")
 
 

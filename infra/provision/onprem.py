@@ -43,7 +43,8 @@ class Play:
     reads: tuple[str, ...]
 
 
-# Every play reads the inventory and group_vars (addresses, secrets' references, deployments).
+# Every play reads the inventory and group_vars (addresses, secrets' references, deployments). Globs as
+# fnmatch reads them: `*` also matches `/`, so "nginx/*" covers nginx/upstreams/ too.
 _VARS = ("ansible/inventory.yml", "ansible/group_vars/*")
 PLAYS = (
     Play("firewall", ("firewall",), (*_VARS, "ansible/host_vars/*")),  # host_vars: the vLLM ports to open
@@ -102,7 +103,7 @@ class OnpremFleet(pulumi.ComponentResource):
             self.plays[play.tag] = local.Command(
                 f"{name}-{play.tag}",
                 create=command,
-                # Same digests (and command), no run; any change replaces the command, which runs create again.
+                # Same digests and extra variables: no run. Any change replaces the command: create runs again.
                 triggers=[inputs["render"], inputs["roles"], inputs["vars_files"],
                           pulumi.Output.from_input(extra).apply(lambda v: json.dumps(v, sort_keys=True))],
                 environment={"ANSIBLE_CONFIG": ANSIBLE_CFG, "ANSIBLE_NOCOLOR": "1"},
