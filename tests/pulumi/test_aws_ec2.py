@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from infra.provision.policy import ResourceView, check_resources, plan_within_bu
 from infra.render.stack import render_fleet
 from infra.render.systemd import VLLM_IMAGE
 from infra.spec.load import Project, load_stack
-from tests.pulumi.mocks import RecordingMocks, Registered, ensure_event_loop, run_program
+from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
+from tests.pulumi.snapshots import assert_snapshot
 from tests.render.test_cloudinit import schema
 
 ROOT = Path(__file__).resolve().parents[2]
-SNAPSHOT = Path(__file__).parent / "snapshots" / "aws-ec2-dev.json"
 AMI = "ami-0123456789abcdef0"
 ACCOUNT = "123456789012"
 
@@ -86,31 +85,8 @@ def dev() -> tuple[FleetPlan, AwsMocks]:
     return fleet, provision(fleet)
 
 
-# Key properties per type in the snapshot (everything else is covered by the targeted tests below).
-KEY_PROPS = {
-    "aws:ec2/vpc:Vpc": ["cidrBlock"],
-    "aws:ec2/subnet:Subnet": ["availabilityZone", "cidrBlock", "mapPublicIpOnLaunch"],
-    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ["cidrIpv4", "fromPort", "toPort", "ipProtocol"],
-    "aws:ec2/launchTemplate:LaunchTemplate": ["instanceType", "metadataOptions", "blockDeviceMappings",
-                                              "instanceMarketOptions"],
-    "aws:autoscaling/group:Group": ["minSize", "maxSize", "desiredCapacity", "instanceRefresh", "healthCheckType"],
-    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ["policyArn"],
-}
-
-
-def snapshot_of(resources: list[Registered]) -> list[dict[str, Any]]:
-    return [{"type": r.type, "name": r.name,
-             **{k: r.inputs.get(k) for k in KEY_PROPS.get(r.type, []) if k in r.inputs}}
-            for r in sorted(resources, key=lambda r: (r.type, r.name))]  # registration order is async
-
-
 def test_resource_graph_matches_the_reviewed_snapshot(dev: tuple[FleetPlan, AwsMocks]) -> None:
-    got = json.loads(json.dumps(snapshot_of(dev[1].resources)))
-    if os.environ.get("GPUFLEET_UPDATE_GOLDEN"):
-        SNAPSHOT.parent.mkdir(exist_ok=True)
-        SNAPSHOT.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    assert got == json.loads(SNAPSHOT.read_text(encoding="utf-8")), (
-        "resource graph changed: review, then GPUFLEET_UPDATE_GOLDEN=1 pytest tests/pulumi/test_aws_ec2.py")
+    assert_snapshot("aws-ec2-dev", dev[1].resources)
 
 
 # AWS resources that take no tags (associations and policies attached to a tagged parent).

@@ -19,6 +19,7 @@ from infra.render.k8s_workloads import API_KEY_SECRET, CONTAINER
 from infra.render.stack import render_fleet
 from infra.render.systemd import VLLM_IMAGE
 from tests.pulumi.mocks import ensure_event_loop, run_program
+from tests.pulumi.snapshots import assert_snapshot
 from tests.pulumi.test_aws_ec2 import fleet_of
 from tests.pulumi.test_eks import EksMocks
 
@@ -114,3 +115,7 @@ def test_api_key_secret_comes_from_the_store_as_a_pulumi_secret(prod: tuple[Flee
     assert data.get("4dabf18193072939515e22adb298388d") == SECRET_SIG, data  # marked secret
     assert data["value"] == {"api-key": "the-api-key"}
     assert fleet.spec.api_key.source == "aws-secrets-manager"
+
+
+def test_resource_graph_matches_the_reviewed_snapshot(prod: tuple[FleetPlan, SecretStoreMocks]) -> None:
+    assert_snapshot("eks-prod", prod[1].resources)

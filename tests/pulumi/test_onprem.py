@@ -17,6 +17,7 @@ from infra import program
 from infra.render.vllm import VLLM_VERSION
 from infra.spec.load import Project
 from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
+from tests.pulumi.snapshots import assert_snapshot
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,3 +179,7 @@ def test_archive_delivery_builds_the_vllm_image_for_the_gpu_play(tmp_path: Path)
                                                 **plays["gpu"]["environment"]},
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_resource_graph_matches_the_reviewed_snapshot(example: tuple[RecordingMocks, Path]) -> None:
+    assert_snapshot("onprem-a800", example[0].resources)
