@@ -14,7 +14,9 @@ import pytest
 
 from infra.plan.optimize import FleetPlan
 from infra.provision.aws.eks import CHARTS, GPU_AMI_TYPE, EksPlatform, gpu_node_groups, node_group_name
+from infra.provision.k8s import documents
 from infra.provision.policy import ResourceView, check_resources
+from infra.render.stack import render_fleet
 from infra.render.systemd import slots_per_machine
 from tests.pulumi.mocks import ensure_event_loop, run_program
 from tests.pulumi.test_aws_ec2 import AwsMocks, fleet_of
@@ -99,8 +101,14 @@ def test_pinned_charts_on_the_clusters_provider(prod: tuple[FleetPlan, EksMocks]
         release = releases[key]
         assert (release["chart"], release["version"], release["repositoryOpts"]["repo"], release["namespace"]) == (
             chart.chart, chart.version, chart.repo, chart.namespace)
-    tolerations = releases["nvidia-device-plugin"]["values"]["tolerations"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    for on_gpus in ("nvidia-device-plugin", "dcgm-exporter"):
+        tolerations = releases[on_gpus]["values"]["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    # Scraped by the rendered PodMonitor, which selects the chart's pod label.
+    assert releases["dcgm-exporter"]["values"]["serviceMonitor"] == {"enabled": False}
+    (pod_monitor,) = [d for d in documents(render_fleet(fleet_of("prod")))
+                      if d["kind"] == "PodMonitor" and "dcgm" in d["metadata"]["name"]]
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "dcgm-exporter"}
     (provider,) = mocks.of_type("pulumi:providers:kubernetes")
     config = json.loads(provider.inputs["kubeconfig"])
     (user,) = config["users"]

@@ -1,6 +1,6 @@
 """The eks target's platform: the cluster (or an existing one), one GPU managed node group per instance type
 the plan chose, a system node group, and the cluster-wide charts (NVIDIA device plugin, kube-prometheus-stack,
-KEDA) through a Kubernetes provider on the cluster.
+KEDA, dcgm-exporter) through a Kubernetes provider on the cluster.
 
 - Cluster: private and public endpoint (public only from ``network.allowedClientCidrs``: add the deploying
   machine's network there), secrets encrypted with a rotating KMS key, API authentication mode, control-plane
@@ -63,6 +63,11 @@ CHARTS = {
     "kube-prometheus-stack": Chart("https://prometheus-community.github.io/helm-charts", "kube-prometheus-stack",
                                    "79.12.0", "monitoring", "prometheus-community/helm-charts releases"),
     "keda": Chart("https://kedacore.github.io/charts", "keda", "2.19.0", "keda", "kedacore/charts releases"),
+    # The GPUs' metrics (job "dcgm"): its pods carry app.kubernetes.io/name=dcgm-exporter, which the rendered
+    # PodMonitor selects. 3.4.2: the newest chart version seen in public deployments offline (DCGM 3.3, which
+    # covers A100/H100/H200/L4/L40S); a 4.x chart follows once its version is read from the chart index.
+    "dcgm-exporter": Chart("https://nvidia.github.io/dcgm-exporter/helm-charts", "dcgm-exporter", "3.4.2",
+                           "monitoring", "NVIDIA/dcgm-exporter releases"),
 }
 
 
@@ -250,12 +255,17 @@ class EksPlatform(pulumi.ComponentResource):
                                         depends_on=list(self.node_groups.values())))
 
 
-# Chart values (per chart key): the device plugin runs on the GPU nodes only (their taint, their label).
+# The device plugin and dcgm-exporter run on the GPU nodes only (their label, their taint).
+ON_GPU_NODES: dict[str, object] = {
+    "nodeSelector": {},
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": GPU_LABEL, "operator": "Exists"}]}]}}},
+    "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+}
+# Chart values (per chart key).
 CHART_VALUES: dict[str, dict[str, object]] = {
-    "nvidia-device-plugin": {
-        "nodeSelector": {},
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": GPU_LABEL, "operator": "Exists"}]}]}}},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-    },
+    "nvidia-device-plugin": ON_GPU_NODES,
+    # The rendered PodMonitor scrapes it (with the relabelings that tie a GPU to its deployment), not the
+    # chart's own ServiceMonitor.
+    "dcgm-exporter": {**ON_GPU_NODES, "serviceMonitor": {"enabled": False}},
 }
