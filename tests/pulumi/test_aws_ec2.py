@@ -52,11 +52,6 @@ class AwsMocks(RecordingMocks):
         return {}
 
 
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> None:
-    ensure_event_loop()
-
-
 def fleet_of(stack: str, edit: tuple[str, str] | None = None, tmp_path: Path | None = None) -> FleetPlan:
     project = Project(ROOT)
     if edit:

@@ -34,11 +34,6 @@ class EksMocks(AwsMocks):
         return rid, outputs
 
 
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> None:
-    ensure_event_loop()
-
-
 def provision(fleet: FleetPlan) -> EksMocks:
     mocks = EksMocks()
     pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=fleet.stack, preview=False)

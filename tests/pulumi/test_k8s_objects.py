@@ -37,11 +37,6 @@ class SecretStoreMocks(EksMocks):
         return super().call(args)
 
 
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> None:
-    ensure_event_loop()
-
-
 def provision(fleet: FleetPlan, image: str | None) -> SecretStoreMocks:
     mocks = SecretStoreMocks()
     pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=fleet.stack, preview=False)

@@ -26,11 +26,6 @@ COMMAND = "command:local:Command"
 PLAYS = ["firewall", "gpu", "lb", "monitoring"]  # site.yml's order
 
 
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> None:
-    ensure_event_loop()
-
-
 def project_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> Project:
     """The example stacks in a temporary project, with one text replacement in the on-prem stack file."""
     root = tmp_path / "project"

@@ -14,14 +14,9 @@ from infra import program
 from infra.plan.optimize import plan_stack
 from infra.plan.serialize import fleet_json
 from infra.spec.load import Project, load_stack
-from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
+from tests.pulumi.mocks import RecordingMocks, run_program
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def event_loop_for_pulumi() -> None:
-    ensure_event_loop()
 
 
 @pytest.fixture
