@@ -23,6 +23,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import yaml
 
+from infra.provision.secrets import pulumi_config_secret
 from infra.render.artifacts import Artifact
 from infra.render.k8s_workloads import API_KEY_SECRET, API_KEY_SECRET_KEY, CONTAINER
 from infra.render.telemetry import K8S_NAMESPACE
@@ -51,8 +52,7 @@ def _ssm_parameter(ref: SecretRef) -> pulumi.Output[str]:
 
 
 def _pulumi_config(ref: SecretRef) -> pulumi.Output[str]:
-    namespace, _, key = ref.name.rpartition(":")
-    return pulumi.Config(namespace or None).require_secret(key)
+    return pulumi_config_secret(ref.name)
 
 
 # Where the API key can be read at deploy time (the machine running `pulumi up`); validate refuses others.

@@ -14,7 +14,7 @@ import pulumi
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.provision.aws.gpu import GpuGroup, GpuGroupArgs
 from infra.provision.aws.iam import GpuHostProfile
-from infra.provision.aws.network import Network, NetworkArgs
+from infra.provision.aws.network import fleet_network
 from infra.provision.aws.security import SecurityGroups
 from infra.provision.aws.tags import cost_tags
 from infra.render.artifacts import Artifact
@@ -43,10 +43,7 @@ class Ec2Fleet(pulumi.ComponentResource):
         assert spec.region is not None
         child = pulumi.ResourceOptions(parent=self)
         tags = cost_tags(fleet.stack, spec.owner)
-        zones = spec.zones or [f"{spec.region}a", f"{spec.region}b"]
-        n_plus_one = any(d.deployment.slo.redundancy == "n+1" for d in fleet.deployments)
-        self.network = Network(name, NetworkArgs(zones=zones, tags=tags, nat_per_zone=n_plus_one,
-                                                 vpc_id=spec.network.vpc_id), opts=child)
+        self.network = fleet_network(name, fleet, tags, child)
         max_gpus = max(d.chosen.machine.instance.gpu_count for d in fleet.deployments if d.chosen)
         self.security = SecurityGroups(name, vpc_id=self.network.vpc_id,
                                        client_cidrs=list(spec.network.allowed_client_cidrs), max_gpus=max_gpus,

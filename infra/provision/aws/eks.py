@@ -29,9 +29,11 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
-from infra.provision.aws.gpu import root_volume_gib
-from infra.provision.aws.network import Network, NetworkArgs
+from infra.provision.aws.gpu import encrypted_root, imdsv2_only, launch_tags, root_volume_gib
+from infra.provision.aws.iam import service_role
+from infra.provision.aws.network import fleet_network
 from infra.provision.aws.tags import cost_tags
+from infra.provision.secrets import pulumi_config_secret
 from infra.render.k8s_workloads import GPU_LABEL, GPU_TAINT_KEY, GPU_TAINT_VALUE, INSTANCE_LABEL
 from infra.render.systemd import slots_per_machine
 
@@ -41,9 +43,10 @@ GPU_TAINT = {"key": GPU_TAINT_KEY, "value": GPU_TAINT_VALUE, "effect": "NO_SCHED
 SYSTEM_INSTANCE_TYPE = "m7i.xlarge"  # Prometheus, Grafana, KEDA, the LB: 4 vCPU / 16 GiB, not a GPU
 SYSTEM_NODES = (2, 4)  # min, max: two for a rolling update of the system pods without an outage
 
-CLUSTER_POLICIES = ("AmazonEKSClusterPolicy",)
-NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly",
-                 "AmazonSSMManagedInstanceCore")
+# AWS managed policies, attached as <role>-<policy name>.
+CLUSTER_POLICIES = {p: p for p in ("AmazonEKSClusterPolicy",)}
+NODE_POLICIES = {p: p for p in ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy",
+                                "AmazonEC2ContainerRegistryReadOnly", "AmazonSSMManagedInstanceCore")}
 ADDONS = ("vpc-cni", "coredns", "kube-proxy")  # the default versions of the cluster's Kubernetes version
 
 
@@ -127,18 +130,6 @@ def node_group_name(nodes: GpuNodes) -> str:
     return f"gpu-{nodes.instance_type.replace('.', '-')}" + ("-spot" if nodes.spot else "")
 
 
-def _role(name: str, service: str, policies: tuple[str, ...], tags: dict[str, str],
-          parent: pulumi.Resource) -> aws.iam.Role:
-    assume = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
-    role = aws.iam.Role(name, assume_role_policy=assume, tags=tags, opts=pulumi.ResourceOptions(parent=parent))
-    for policy in policies:
-        aws.iam.RolePolicyAttachment(f"{name}-{policy}", role=role.name,
-                                     policy_arn=f"arn:aws:iam::aws:policy/{policy}",
-                                     opts=pulumi.ResourceOptions(parent=parent))
-    return role
-
-
 def kubeconfig(name: str, endpoint: str, ca: str, region: str) -> str:
     """A kubeconfig that authenticates with `aws eks get-token` (the deploying machine's AWS credentials)."""
     return json.dumps({
@@ -163,9 +154,8 @@ class EksPlatform(pulumi.ComponentResource):
         self.node_groups: dict[str, aws.eks.NodeGroup] = {}
         existing = spec.eks.existing_kubeconfig
         if existing is not None:
-            # A pulumi-config secret (validate refuses other sources): "gpufleet:kubeconfig" or a bare key.
-            namespace, _, key = existing.name.rpartition(":")
-            config: pulumi.Input[str] = pulumi.Config(namespace or None).require_secret(key)
+            # A pulumi-config secret (validate refuses other sources).
+            config: pulumi.Input[str] = pulumi_config_secret(existing.name)
         else:
             config = self._cluster(name, fleet, tags)
         self.provider = k8s.Provider(name, kubeconfig=config, enable_server_side_apply=True, opts=child)
@@ -176,13 +166,10 @@ class EksPlatform(pulumi.ComponentResource):
         spec = fleet.spec
         assert spec.region is not None and spec.eks is not None
         child = pulumi.ResourceOptions(parent=self)
-        zones = spec.zones or [f"{spec.region}a", f"{spec.region}b"]
-        n_plus_one = any(d.deployment.slo.redundancy == "n+1" for d in fleet.deployments)
-        network = Network(name, NetworkArgs(zones=zones, tags=tags, nat_per_zone=n_plus_one,
-                                            vpc_id=spec.network.vpc_id), opts=child)
+        network = fleet_network(name, fleet, tags, child)
         key = aws.kms.Key(f"{name}-secrets", description=f"EKS secrets of {name}", enable_key_rotation=True,
                           tags=tags, opts=child)
-        cluster_role = _role(f"{name}-cluster", "eks.amazonaws.com", CLUSTER_POLICIES, tags, self)
+        cluster_role = service_role(f"{name}-cluster", "eks.amazonaws.com", CLUSTER_POLICIES, tags, child)
         subnets = pulumi.Output.all(network.private_subnet_ids, network.public_subnet_ids).apply(
             lambda ids: [*ids[0], *ids[1]])
         cluster = aws.eks.Cluster(
@@ -201,7 +188,7 @@ class EksPlatform(pulumi.ComponentResource):
         for addon in ADDONS:
             aws.eks.Addon(f"{name}-{addon}", cluster_name=cluster.name, addon_name=addon,
                           resolve_conflicts_on_update="OVERWRITE", tags=tags, opts=child)
-        node_role = _role(f"{name}-nodes", "ec2.amazonaws.com", NODE_POLICIES, tags, self)
+        node_role = service_role(f"{name}-nodes", "ec2.amazonaws.com", NODE_POLICIES, tags, child)
         placement = NodePlacement(cluster, node_role, network.private_subnet_ids, tags)
         specs = [NodeGroupSpec("system", SYSTEM_INSTANCE_TYPE, "AL2023_x86_64_STANDARD", SYSTEM_NODES, 50, False,
                                {"gpufleet.io/role": "system"}, [])]
@@ -218,15 +205,9 @@ class EksPlatform(pulumi.ComponentResource):
         group, tags = spec.group, where.tags
         template = aws.ec2.LaunchTemplate(
             f"{name}-{group}",
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name="/dev/xvda",  # AL2023's root device
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=spec.root_gib, volume_type="gp3", encrypted="true",
-                    delete_on_termination="true"))],
-            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
-                                for kind in ("instance", "volume")],
+            metadata_options=imdsv2_only(),
+            block_device_mappings=encrypted_root("/dev/xvda", spec.root_gib),  # AL2023's root device
+            tag_specifications=launch_tags(tags),
             tags=tags, opts=child)
         low, high = spec.sizes
         return aws.eks.NodeGroup(

@@ -38,6 +38,26 @@ WEIGHTS_HEADROOM = 2.0  # a new revision downloads beside the old one before the
 ROOT_DEVICE = "/dev/sda1"  # the Ubuntu AMIs' root device name
 
 
+def imdsv2_only(**extra: str) -> aws.ec2.LaunchTemplateMetadataOptionsArgs:
+    """IMDSv2 only, hop limit 1: nothing in a container may reach the instance's credentials."""
+    return aws.ec2.LaunchTemplateMetadataOptionsArgs(http_endpoint="enabled", http_tokens="required",
+                                                    http_put_response_hop_limit=1, **extra)
+
+
+def encrypted_root(device: str, gib: int) -> list[aws.ec2.LaunchTemplateBlockDeviceMappingArgs]:
+    """The root volume: gp3, encrypted, deleted with the instance."""
+    return [aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+        device_name=device,
+        ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(volume_size=gib, volume_type="gp3", encrypted="true",
+                                                           delete_on_termination="true"))]
+
+
+def launch_tags(tags: dict[str, str]) -> list[aws.ec2.LaunchTemplateTagSpecificationArgs]:
+    """Instances and their volumes carry the cost tags from launch on."""
+    return [aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=tags)
+            for kind in ("instance", "volume")]
+
+
 def root_volume_gib(plan: DeploymentPlan) -> int:
     assert plan.chosen is not None
     weights = plan.chosen.replica.weights_gib
@@ -75,19 +95,12 @@ class GpuGroup(pulumi.ComponentResource):
                 lambda text: base64.b64encode(text.encode()).decode()),
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=args.instance_profile_arn),
             vpc_security_group_ids=[args.security_group_id],
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,
-                instance_metadata_tags="disabled"),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=ROOT_DEVICE,
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=root_volume_gib(args.plan), volume_type="gp3", encrypted="true",
-                    delete_on_termination="true"))],
+            metadata_options=imdsv2_only(instance_metadata_tags="disabled"),
+            block_device_mappings=encrypted_root(ROOT_DEVICE, root_volume_gib(args.plan)),
             instance_market_options=aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="spot")
             if spot else None,
             # Instances and their volumes carry the cost tags from launch on (the group's own tags arrive later).
-            tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=args.tags)
-                                for kind in ("instance", "volume")],
+            tag_specifications=launch_tags(args.tags),
             update_default_version=True,
             tags=args.tags,
             opts=child)

@@ -16,8 +16,19 @@ MANAGED_POLICIES = {
     "ssm": "AmazonSSMManagedInstanceCore",
     "ecr": "AmazonEC2ContainerRegistryReadOnly",
 }
-ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+
+
+def service_role(name: str, service: str, policies: dict[str, str], tags: dict[str, str],
+                 opts: pulumi.ResourceOptions) -> aws.iam.Role:
+    """A role ``service`` (e.g. ec2.amazonaws.com) assumes, with AWS managed policies attached (one
+    attachment per key of ``policies``, named ``<name>-<key>``)."""
+    assume = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
+    role = aws.iam.Role(name, assume_role_policy=assume, tags=tags, opts=opts)
+    for key, policy in policies.items():
+        aws.iam.RolePolicyAttachment(f"{name}-{key}", role=role.name,
+                                     policy_arn=f"arn:aws:iam::aws:policy/{policy}", opts=opts)
+    return role
 
 
 def secret_statement(ref: SecretRef, region: str, account: str) -> dict[str, Any]:
@@ -60,10 +71,7 @@ class GpuHostProfile(pulumi.ComponentResource):
                  tags: dict[str, str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:aws:GpuHostProfile", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        role = aws.iam.Role(name, assume_role_policy=ASSUME_EC2, tags=tags, opts=child)
-        for key, policy in MANAGED_POLICIES.items():
-            aws.iam.RolePolicyAttachment(f"{name}-{key}", role=role.name,
-                                         policy_arn=f"arn:aws:iam::aws:policy/{policy}", opts=child)
+        role = service_role(name, "ec2.amazonaws.com", MANAGED_POLICIES, tags, child)
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
         aws.iam.RolePolicy(f"{name}-read", role=role.id,
                            policy=account.apply(lambda acc: host_policy(api_key, weights_uris, region, acc)),

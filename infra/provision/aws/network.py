@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.plan.optimize import FleetPlan
+
 VPC_CIDR = "10.42.0.0/16"
 TIER_TAG = "gpufleet:tier"
 
@@ -101,3 +103,13 @@ class Network(pulumi.ComponentResource):
         self.vpc_id = vpc.id
         self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public])
         self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private])
+
+
+def fleet_network(name: str, fleet: FleetPlan, tags: dict[str, str], opts: pulumi.ResourceOptions) -> Network:
+    """The stack's network: its zones (default: the region's first two), NAT per zone when a deployment asks
+    for n+1 redundancy, or its existing VPC."""
+    spec = fleet.spec
+    zones = spec.zones or [f"{spec.region}a", f"{spec.region}b"]
+    n_plus_one = any(d.deployment.slo.redundancy == "n+1" for d in fleet.deployments)
+    return Network(name, NetworkArgs(zones=zones, tags=tags, nat_per_zone=n_plus_one, vpc_id=spec.network.vpc_id),
+                   opts=opts)
