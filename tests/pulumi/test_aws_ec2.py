@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from infra.render.systemd import VLLM_IMAGE
 from infra.spec.load import Project, load_stack
 from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
 from tests.pulumi.snapshots import assert_snapshot
+from tests.pulumi.stacks import edited_project
 from tests.render.test_cloudinit import schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +56,7 @@ def fleet_of(stack: str, edit: tuple[str, str] | None = None, tmp_path: Path | N
     project = Project(ROOT)
     if edit:
         assert tmp_path is not None
-        shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
-        stack_file = tmp_path / "stacks" / f"Pulumi.{stack}.yaml"
-        text = stack_file.read_text(encoding="utf-8")
-        assert edit[0] in text, edit[0]
-        stack_file.write_text(text.replace(edit[0], edit[1]), encoding="utf-8")
-        project = Project(tmp_path)
+        project = edited_project(tmp_path, stack, edit)
     return plan_stack(load_stack(project, stack))
 
 

@@ -5,7 +5,6 @@ what its play reads changes. The captured commands are run through the real ansi
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from infra.render.vllm import VLLM_VERSION
 from infra.spec.load import Project
 from tests.pulumi.mocks import RecordingMocks, ensure_event_loop, run_program
 from tests.pulumi.snapshots import assert_snapshot
+from tests.pulumi.stacks import edited_project
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,14 +28,7 @@ PLAYS = ["firewall", "gpu", "lb", "monitoring"]  # site.yml's order
 
 def project_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> Project:
     """The example stacks in a temporary project, with one text replacement in the on-prem stack file."""
-    root = tmp_path / "project"
-    shutil.copytree(ROOT / "stacks", root / "stacks")
-    if edit:
-        stack_file = root / "stacks" / f"Pulumi.{STACK}.yaml"
-        text = stack_file.read_text(encoding="utf-8")
-        assert edit[0] in text, edit[0]
-        stack_file.write_text(text.replace(edit[0], edit[1]), encoding="utf-8")
-    return Project(root)
+    return edited_project(tmp_path / "project", STACK, edit)
 
 
 def converge(project: Project, render_dir: Path) -> RecordingMocks:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from infra.plan.optimize import plan_stack
 from infra.plan.serialize import fleet_json
 from infra.spec.load import Project, load_stack
 from tests.pulumi.mocks import RecordingMocks, run_program
+from tests.pulumi.stacks import edited_project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,12 +67,10 @@ def test_main_module_runs_the_program(exports: dict[str, Any], tmp_path: Path,
 
 
 def test_invalid_stack_is_a_run_error_with_locations(tmp_path: Path, exports: dict[str, Any]) -> None:
-    shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
-    stack_file = tmp_path / "stacks" / "Pulumi.dev.yaml"
-    stack_file.write_text(stack_file.read_text().replace("gpus: [L4, A10G]", "gpus: [L5, A10G]"))
+    project = edited_project(tmp_path, "dev", ("gpus: [L4, A10G]", "gpus: [L5, A10G]"))
     pulumi.runtime.set_mocks(RecordingMocks(), project="gpufleet", stack="dev", preview=False)
     with pytest.raises(pulumi.RunError) as raised:
-        program.run("dev", Project(tmp_path))
+        program.run("dev", project)
     message = str(raised.value)
     assert "stacks/Pulumi.dev.yaml:" in message
     assert "gpufleet:deployments[0].gpus[0]: unknown GPU 'L5'" in message
@@ -80,12 +78,10 @@ def test_invalid_stack_is_a_run_error_with_locations(tmp_path: Path, exports: di
 
 
 def test_over_budget_stack_is_a_run_error(tmp_path: Path, exports: dict[str, Any]) -> None:
-    shutil.copytree(ROOT / "stacks", tmp_path / "stacks")
-    stack_file = tmp_path / "stacks" / "Pulumi.onprem-a800.yaml"
-    stack_file.write_text(stack_file.read_text().replace("monthlyBudgetUsd: 40000", "monthlyBudgetUsd: 1000"))
+    project = edited_project(tmp_path, "onprem-a800", ("monthlyBudgetUsd: 40000", "monthlyBudgetUsd: 1000"))
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="onprem-a800", preview=False)
     with pytest.raises(pulumi.RunError, match="over the budget of \\$1,000"):
-        run_program(lambda: program.run("onprem-a800", Project(tmp_path), render_dir=str(tmp_path / "out")))
+        run_program(lambda: program.run("onprem-a800", project, render_dir=str(tmp_path / "out")))
     assert mocks.resources == []
     assert not (tmp_path / "out").exists()
