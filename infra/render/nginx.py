@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from infra.hostagent.formats import upstream_conf
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.hostlayout import CONFIG_DIR, VLLM_PORT
@@ -47,10 +48,6 @@ READ_TIMEOUT_CEILING_S = 3600
 # a generous bound. Floor 1 MiB. The body must fit in one memory buffer for njs to read it (see template).
 BODY_BYTES_PER_TOKEN = 16
 BODY_FLOOR_BYTES = 1 << 20
-# Passive health check: a replica that fails this many times within FAIL_TIMEOUT_S is left alone for
-# FAIL_TIMEOUT_S. Seconds, not the 10000s of vLLM's docs example: a restarted replica is back in ~1 min.
-MAX_FAILS = 3
-FAIL_TIMEOUT_S = 10
 # Per-key rate limit: the deployment's planned SLO capacity, with bursts of RATE_BURST_S seconds of it.
 RATE_BURST_S = 10
 RATE_BURST_FLOOR = 10
@@ -176,14 +173,6 @@ def render_nginx(plan: FleetPlan, layout: NginxLayout | None = None) -> list[Art
 
 def upstream_include(deployment: str, addresses: Iterable[str], port: int = VLLM_PORT) -> str:
     """The content of /etc/gpufleet/nginx/upstreams/<deployment>.conf for the given replica addresses
-    (host names or IPs; "host:port" keeps its own port). Used by the provisioning steps of every target."""
-    servers = [a if ":" in a else f"{a}:{port}" for a in sorted(set(addresses))]
-    if not servers:
-        raise ValueError(f"deployment '{deployment}' has no replica address: an empty upstream stops nginx")
-    return render_template(
-        "nginx/upstream.conf.j2",
-        deployment=deployment,
-        servers=servers,
-        max_fails=MAX_FAILS,
-        fail_timeout_s=FAIL_TIMEOUT_S,
-    )
+    (host names or IPs; "host:port" keeps its own port). The format is infra/hostagent/formats.py's, which the
+    discovery agent of the cloud targets writes too."""
+    return upstream_conf(deployment, addresses, port)

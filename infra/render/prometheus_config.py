@@ -26,13 +26,13 @@ identical everywhere.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from infra.hostagent.formats import file_sd
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.hostlayout import CONFIG_DIR, VLLM_PORT
@@ -161,10 +161,9 @@ def deployment_labels(plan: DeploymentPlan) -> dict[str, str]:
 
 
 def file_sd_document(targets: Iterable[str], labels: dict[str, str], port: int) -> str:
-    """The content of a file_sd JSON file: `targets` are host names or IPs ("host:port" keeps its port)."""
-    hosts = sorted({t if ":" in t else f"{t}:{port}" for t in targets})
-    groups = [{"targets": hosts, "labels": dict(sorted(labels.items()))}] if hosts else []
-    return json.dumps(groups, indent=2) + "\n"
+    """The content of a file_sd JSON file: `targets` are host names or IPs ("host:port" keeps its port).
+    The format is infra/hostagent/formats.py's, which the discovery agent of the cloud targets writes too."""
+    return file_sd(targets, labels, port)
 
 
 def vllm_targets(plan: DeploymentPlan, replicas: Iterable[str]) -> str:
