@@ -15,8 +15,8 @@ Grafana). The ``lb`` and ``monitoring`` hosts are converged by the same Ansible 
 - **sync** (:mod:`infra.hostagent.sync`, a systemd timer on ``lb`` and ``monitoring`` hosts): reads the
   pointer, and when it names a bundle this host has not converged, downloads it, checks its sha256,
   unpacks it, fetches the secrets the bundle's group_vars list (``gpufleet_aws_secrets``) into a 0600
-  extra-vars file on tmpfs, and runs the bundle's ``site.yml`` for this host's role (``--limit <role>``,
-  ``--skip-tags firewall``: security groups are the firewall on AWS).
+  extra-vars file on tmpfs, and runs the bundle's ``site.yml`` for this host's role (``--limit``
+  :func:`inventory_host`, ``--skip-tags firewall``: security groups are the firewall on AWS).
 - **discover** (:mod:`infra.hostagent.discover`, a systemd timer installed by the ``ec2_agent`` Ansible
   role): lists the running instances of the fleet by tag and writes the Nginx upstreams (``lb``: replicas
   that answer ``/health``) and the Prometheus file_sd targets (``monitoring``: every running instance), in
@@ -80,6 +80,13 @@ class BundlePointer(TypedDict):
     bucket: str
     key: str
     sha256: str
+
+
+def inventory_host(role: Role) -> str:
+    """The host's name in the bundle's aws-ec2 inventory (``gpufleet-lb`` in group ``load_balancers``,
+    ``gpufleet-monitoring`` in ``monitoring``; both ``ansible_connection: local``). Not the role itself: a
+    host named like a group (``monitoring``) makes Ansible warn, and ``--limit`` must pick one host."""
+    return f"gpufleet-{role}"
 
 
 def bundle_parameter(stack: str) -> str:
