@@ -3,6 +3,7 @@ and the same call works over local://, ssh:// and ansible://."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -53,3 +54,10 @@ def eventually(check: Any, timeout_s: float = 30, interval_s: float = 1) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(interval_s)
+
+
+def privileged(host: Any) -> contextlib.AbstractContextManager[Any]:
+    """Run as root: via sudo unless the backend is root already (CI containers run as root and have no sudo)."""
+    if host.run("id -u").stdout.strip() == "0":
+        return contextlib.nullcontext()
+    return host.sudo()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.infra.probe import Response, eventually, http
+from tests.infra.probe import Response, eventually, http, privileged
 
 pytestmark = pytest.mark.infra_group("load_balancers")
 
@@ -22,7 +22,7 @@ def test_nginx_runs_the_rendered_config(host):
 
 
 def test_nginx_config_is_valid(host):
-    with host.sudo():
+    with privileged(host):
         result = host.run(f"nginx -t -c {CONF}")
     assert result.rc == 0, result.stderr
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.probe import eventually, http
+from tests.infra.probe import eventually, http, privileged
 
 pytestmark = pytest.mark.infra_group("monitoring")
 
@@ -77,7 +77,7 @@ def test_alertmanager_runs_alone(host):
 
 def test_alertmanager_secret_files(host):
     secrets = host.file(f"{ALERTMANAGER_DIR}/secrets")
-    with host.sudo():
+    with privileged(host):
         names = secrets.listdir() if secrets.exists else []
         for name in names:
             secret = host.file(f"{ALERTMANAGER_DIR}/secrets/{name}")
