@@ -202,16 +202,42 @@ def _check_target(
             yield locator.issue(("pricing", "onprem"), "only the onprem target uses on-prem pricing",
                                 "AWS targets are priced from the catalog (and pricing.instancePrices)",
                                 at_key=True)
-    if spec.target == "aws-ec2" and spec.api_key.source not in EC2_READABLE_SECRETS:
-        yield locator.issue(("apiKey", "source"), f"an EC2 instance cannot read a {spec.api_key.source} secret at boot",
-                            f"use {' or '.join(EC2_READABLE_SECRETS)}")
+    yield from _check_ec2_secrets(spec, locator)
     yield from _check_eks(spec, locator)
+    yield from _check_reservations(spec, locator)
     if spec.network.tls.source == "acm" and not cloud:
         yield locator.issue(("network", "tls", "source"), "ACM certificates exist only on AWS",
                             "use file (cert + key secrets) or self-signed")
     if spec.network.tls.source == "none" and any(c.endswith("/0") for c in spec.network.allowed_client_cidrs):
         yield locator.issue(("network", "tls"), "the API is open to the internet without TLS: keys travel in clear",
                             "use tls.source acm or file", severity="warning", at_key=True)
+
+
+def _check_ec2_secrets(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
+    """The GPU instances read the API key at boot, the LB and monitoring hosts every secret when they converge
+    (infra/hostagent/sync.py): all of them with their instance role."""
+    if spec.target != "aws-ec2":
+        return
+    for path, ref in _secret_refs(spec):
+        if ref.source not in EC2_READABLE_SECRETS:
+            yield locator.issue((*path, "source"), f"an EC2 instance cannot read secrets from {ref.source}",
+                                f"use {' or '.join(EC2_READABLE_SECRETS)}")
+
+
+def _check_reservations(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
+    """A capacity reservation is an AWS one, in a zone the fleet's subnets cover."""
+    zones = spec.zones or ([f"{spec.region}a", f"{spec.region}b"] if spec.region else [])
+    for index, deployment in enumerate(spec.deployments):
+        reservation = deployment.capacity_reservation
+        if reservation is None:
+            continue
+        path = ("deployments", index, "capacityReservation")
+        if spec.target == "onprem":
+            yield locator.issue(path, "capacity reservations are an AWS offer, not on-prem", at_key=True)
+        elif reservation.zone not in zones:
+            yield locator.issue((*path, "zone"), f"'{reservation.zone}' is not one of the stack's zones",
+                                f"the fleet has subnets in {', '.join(zones)}: add the zone to zones, or use a "
+                                "reservation in one of them")
 
 
 def _check_eks(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:

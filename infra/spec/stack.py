@@ -76,6 +76,17 @@ class LoadBalancing(SpecModel):
     """Request header naming the session (session-affinity only); requests without it are spread at random."""
 
 
+class CapacityReservation(SpecModel):
+    """EC2 capacity the team already holds for a deployment: an On-Demand Capacity Reservation, or an EC2
+    Capacity Block for ML (the plan's ``capacity-block`` market). Bought outside gpufleet (a Capacity Block
+    is a non-refundable purchase for a fixed window: `aws ec2 describe-capacity-block-offerings`, then
+    `aws ec2 purchase-capacity-block`), named here; the deployment's instances launch into it."""
+
+    id: str = Field(pattern=r"^cr-[0-9a-f]{8,17}$")
+    zone: str = Field(pattern=r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d[a-z]$")
+    """The reservation's availability zone: the deployment's instances launch in its subnet only."""
+
+
 class Deployment(SpecModel):
     name: str = Field(pattern=DNS_LABEL)
     """DNS-label name, used in resource names, Nginx upstreams and metric labels."""
@@ -90,6 +101,8 @@ class Deployment(SpecModel):
     """How the Nginx load balancer picks a replica."""
     max_tensor_parallel: int = Field(default=8, ge=1, le=8)
     """Largest tensor-parallel degree the planner may use (GPUs of one instance)."""
+    capacity_reservation: CapacityReservation | None = None
+    """aws-ec2 and eks: launch into reserved capacity (required when the plan chooses a Capacity Block)."""
 
     @field_validator("gpus")
     @classmethod
