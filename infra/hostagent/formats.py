@@ -21,9 +21,9 @@ MAX_FAILS = 3
 FAIL_TIMEOUT_S = 10
 # A deployment with no replica yet (or none healthy) still needs a server line: nginx refuses an empty
 # upstream block. A server marked `down` is never used, so every request fails over to "no live upstreams",
-# which nginx answers with 502 and the rendered error_page turns into the OpenAI-style 503 "No replica of
-# this deployment is available" (nginx docs, ngx_http_upstream_module: "down marks the server as
-# permanently unavailable").
+# which nginx answers with 502, with the rendered error_page's OpenAI-style body "No replica of this
+# deployment is available" (nginx docs, ngx_http_upstream_module: "down marks the server as permanently
+# unavailable").
 UNAVAILABLE_SERVER = "127.0.0.1:9 down"
 
 
@@ -48,7 +48,7 @@ def upstream_conf(deployment: str, addresses: Iterable[str], port: int, *, allow
     if not servers:
         if not allow_empty:
             raise ValueError(f"deployment '{deployment}' has no replica address: an empty upstream stops nginx")
-        lines.append("# No replica is available: requests get 503 until discovery finds one.")
+        lines.append("# No replica is available: requests fail (502) until discovery finds one.")
         lines.append(f"server {UNAVAILABLE_SERVER};")
     lines += [f"server {s} max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT_S}s;" for s in servers]
     return "\n".join(lines) + "\n"

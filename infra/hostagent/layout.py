@@ -36,14 +36,22 @@ Shapes (JSON):
 - :data:`DISCOVERY_CONFIG` (written by the ``ec2_agent`` role from the group_vars ``gpufleet_discovery``
   and the host's role, read by discover)::
 
-    {"stack": "dev", "region": "us-east-1",
-     "deployments": {"chat": {"ports": [8000], "labels": {"deployment": "chat", "model": "...", ...}}},
+    {"stack": "dev", "region": "us-east-1", "endpoint_url": null,
+     "deployments": {"chat": {"ports": [8000, 8001],
+                              "labels": {"deployment": "chat", "model": "...", "gpu_type": "L4", ...}}},
      "health": {"path": "/health", "timeout_s": 2.0, "failures_to_remove": 3},
      "upstreams": {"dir": "/etc/gpufleet/nginx/upstreams",
                    "check": ["nginx", "-t", "-q", "-c", "/etc/gpufleet/nginx/nginx.conf"],
                    "reload": ["systemctl", "reload", "gpufleet-lb"]} | null,
-     "targets": {"dir": "/etc/gpufleet/prometheus/targets"} | null,
+     "targets": {"dir": "/etc/gpufleet/prometheus/targets",
+                 "jobs": [{"file": "node.json", "roles": ["gpu", "lb", "monitoring"], "port": 9100,
+                           "per_deployment": false},
+                          {"file": "vllm-{deployment}.json", "roles": ["gpu"], "port": null,
+                           "per_deployment": true}, ...]} | null,
      "state_file": "/var/lib/gpufleet/discovery-state.json"}
+
+  ``endpoint_url``: optional (tests). A job's ``port`` null: the deployment's ``ports``; ``per_deployment``:
+  a file per deployment with its ``labels`` (others: no labels), as the on-prem render writes them.
 """
 
 from __future__ import annotations
@@ -94,6 +102,9 @@ def bundle_parameter(stack: str) -> str:
     return f"/gpufleet/{stack}/config-bundle"
 
 
+BUNDLES_PREFIX = "bundles/"  # the config bucket's key prefix of bundles (the hosts may read only these)
+
+
 def bundle_key(sha256: str) -> str:
-    """Content-addressed: a new bundle is a new object, the old ones stay for a rollback."""
-    return f"bundles/{sha256}.tar.gz"
+    """Content-addressed: a new bundle is a new object, never an overwrite of the one hosts are reading."""
+    return f"{BUNDLES_PREFIX}{sha256}.tar.gz"

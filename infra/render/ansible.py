@@ -19,7 +19,7 @@ ansible/playbooks/site.yml`` picks up the group and host vars beside the invento
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import yaml
@@ -60,7 +60,7 @@ def secret_expression(ref: SecretRef) -> str:
                               "use ansible-vault or env")
 
 
-def _dump(stack: str, data: dict[str, Any]) -> str:
+def dump_vars(stack: str, data: dict[str, Any]) -> str:
     return HEADER.format(stack=stack) + "---\n" + yaml.safe_dump(data, sort_keys=False, width=120)
 
 
@@ -80,12 +80,17 @@ def inventory(plan: FleetPlan) -> dict[str, Any]:
     }}
 
 
-def group_vars(plan: FleetPlan) -> dict[str, Any]:
+SecretExpression = Callable[[SecretRef], str]
+
+
+def group_vars(plan: FleetPlan, secret: SecretExpression = secret_expression) -> dict[str, Any]:
+    """The variables every play reads. ``secret``: how a secret reference becomes the Jinja expression of its
+    value (on-prem: ansible-vault or env, :func:`secret_expression`; aws-ec2: infra/render/ec2_hosts.py)."""
     spec = plan.spec
     tls: dict[str, Any] = {"source": spec.network.tls.source}
     if spec.network.tls.source == "file":
-        tls["cert"] = secret_expression(spec.network.tls.cert)
-        tls["key"] = secret_expression(spec.network.tls.key)
+        tls["cert"] = secret(spec.network.tls.cert)
+        tls["key"] = secret(spec.network.tls.key)
     deployments = {}
     for d in plan.deployments:
         assert d.chosen is not None
@@ -102,9 +107,9 @@ def group_vars(plan: FleetPlan) -> dict[str, Any]:
         "gpufleet_render_dir": "{{ inventory_dir }}/..",
         "gpufleet_vllm_version": VLLM_VERSION,
         "gpufleet_vllm_image": VLLM_IMAGE,
-        "gpufleet_api_key": secret_expression(spec.api_key),
+        "gpufleet_api_key": secret(spec.api_key),
         "gpufleet_tls": tls,
-        "gpufleet_alertmanager_secrets": [{"path": path, "value": secret_expression(ref)}
+        "gpufleet_alertmanager_secrets": [{"path": path, "value": secret(ref)}
                                           for path, ref in secret_files(spec)],
         "gpufleet_deployments": deployments,
         # The firewall role's SSH (and Grafana) allow-list: gpufleet:onprem.adminCidrs.
@@ -157,12 +162,12 @@ def render_ansible(plan: FleetPlan) -> list[Artifact]:
     site = plan.spec.onprem
     assert site is not None
     artifacts = [
-        Artifact("ansible/inventory.yml", "ansible-vars", None, _dump(plan.stack, inventory(plan))),
-        Artifact("ansible/group_vars/all.yml", "ansible-vars", None, _dump(plan.stack, group_vars(plan))),
+        Artifact("ansible/inventory.yml", "ansible-vars", None, dump_vars(plan.stack, inventory(plan))),
+        Artifact("ansible/group_vars/all.yml", "ansible-vars", None, dump_vars(plan.stack, group_vars(plan))),
     ]
     for server in site.gpu_servers:
         artifacts.append(Artifact(f"ansible/host_vars/{server.name}.yml", "ansible-vars", None,
-                                  _dump(plan.stack, host_vars(placements, server, catalog))))
+                                  dump_vars(plan.stack, host_vars(placements, server, catalog))))
     for d in plan.deployments:
         name = d.deployment.name
         endpoints = [p.endpoint for p in placements if p.deployment == name]

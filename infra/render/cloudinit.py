@@ -6,7 +6,8 @@ onprem stacks Ansible instead, so other targets render nothing here.
 
 Self-contained and exactly what was reviewed: ``write_files`` embeds, byte for byte, the artifacts the other
 renderers produce for the deployment — its vLLM config (``render_vllm``) at ``/etc/gpufleet/vllm/<d>.yaml``
-and its systemd template unit and slot drop-ins (``render_vllm_units``) under ``/etc/systemd/system/`` —
+and its systemd template unit and slot drop-ins (``render_vllm_units``) and the exporter units
+(``render_gpu_exporter_units``) under ``/etc/systemd/system/`` —
 all mode 0644, plus small ``set -euo pipefail`` scripts (templates/cloud-init/) under
 ``/usr/local/lib/gpufleet/``. ``runcmd`` runs only ``bootstrap.sh``, which runs the steps in order and stops
 at the first failure, printing it to the console (EC2 "Get system log") and cloud-init-output.log:
@@ -19,6 +20,7 @@ at the first failure, printing it to the console (EC2 "Get system log") and clou
 3. ``sync-weights.sh`` (only when the profile's weights or adapters are in S3) — ``aws s3 sync`` into the
    model cache at the paths the vLLM config names (``/models/<profile>`` in the container).
 4. ``start-vllm.sh`` — ``docker pull`` of the pinned image, ``systemctl daemon-reload``, enable and start
+   the host's exporters (dcgm-exporter, node_exporter: the monitoring host's jobs ``dcgm`` and ``node``) and
    the ``gpu_count // tp`` slots one machine holds (``--no-block``: health is the unit's job).
 
 IMDSv2 only: nothing here reads instance metadata itself; the region is rendered in, and the AWS CLI gets
@@ -40,7 +42,15 @@ import yaml
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.hostlayout import CONFIG_DIR, CONTAINER_MODELS, MODEL_CACHE, adapter_dir, weights_dir
-from infra.render.systemd import VLLM_IMAGE, env_file, instance_name, render_vllm_units, slots_per_machine
+from infra.render.systemd import (
+    EXPORTER_UNITS,
+    VLLM_IMAGE,
+    env_file,
+    instance_name,
+    render_gpu_exporter_units,
+    render_vllm_units,
+    slots_per_machine,
+)
 from infra.render.templating import render_template
 from infra.render.vllm import API_KEY_ENV, render_vllm
 from infra.spec.profile import ModelProfile, S3Weights
@@ -111,13 +121,21 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+def cloud_config(config: dict[str, Any]) -> str:
+    """The YAML body of a #cloud-config: keys in the given order, multi-line strings as literal blocks."""
+    return yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000,
+                     allow_unicode=True)
+
+
 def _file(path: str, content: str, permissions: str) -> dict[str, Any]:
     return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
 
 
 def embedded_artifacts(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
-    """The vLLM config and systemd units of the deployment, exactly as the other renderers produce them."""
-    return sorted([a for a in render_vllm(plan) if a.kind == "vllm-config"] + render_vllm_units(plan, image))
+    """The vLLM config and systemd units of the deployment and the host's exporter units, exactly as the other
+    renderers produce them."""
+    return sorted([a for a in render_vllm(plan) if a.kind == "vllm-config"] + render_vllm_units(plan, image)
+                  + render_gpu_exporter_units())
 
 
 def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_IMAGE) -> Artifact:
@@ -159,7 +177,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_I
         )
     scripts["start-vllm.sh"] = render_template(
         "cloud-init/start-vllm.sh.j2", **common, image=image, units=" ".join(slots),
-        slot_count=len(slots), gpu_count=instance.gpu_count, tp=tp,
+        slot_count=len(slots), gpu_count=instance.gpu_count, tp=tp, exporters=" ".join(EXPORTER_UNITS),
     )
     scripts["bootstrap.sh"] = render_template(
         "cloud-init/bootstrap.sh.j2", **common, directories=[MODEL_CACHE],
@@ -180,9 +198,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_I
         f"# do not edit). {len(slots)} vLLM slot(s) per instance; the API key is read at boot from\n"
         f"# {secret.source}, never stored here.\n"
     )
-    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000,
-                     allow_unicode=True)
-    text = header + body
+    text = header + cloud_config(config)
     if len(text.encode()) > USER_DATA_LIMIT:
         raise ValueError(f"user data of {name} is {len(text.encode())} bytes, over EC2's {USER_DATA_LIMIT}")
     return Artifact(user_data_path(name), "cloud-init", name, text)

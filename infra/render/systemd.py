@@ -37,6 +37,12 @@ from infra.render.hostlayout import (
     VLLM_PORT,
 )
 from infra.render.nginx import NginxLayout
+from infra.render.telemetry import (
+    DCGM_EXPORTER_IMAGE,
+    DCGM_EXPORTER_PORT,
+    NODE_EXPORTER_IMAGE,
+    NODE_EXPORTER_PORT,
+)
 from infra.render.templating import render_template
 from infra.render.vllm import API_KEY_ENV, VLLM_VERSION, config_path, model_argument
 
@@ -163,6 +169,21 @@ def render_lb_unit(layout: NginxLayout | None = None) -> list[Artifact]:
     return [Artifact("systemd/gpufleet-lb.service", "systemd-unit", None, content)]
 
 
+EXPORTER_UNITS = ("gpufleet-dcgm-exporter.service", "gpufleet-node-exporter.service")
+
+
+def render_gpu_exporter_units() -> list[Artifact]:
+    """The aws-ec2 GPU hosts' exporters (dcgm-exporter, node_exporter) as containers: the GPU AMI has docker
+    but neither exporter. On-prem, the gpu_host role installs them."""
+    units = {
+        EXPORTER_UNITS[0]: render_template("systemd/dcgm-exporter.service.j2", docker=DOCKER,
+                                           image=DCGM_EXPORTER_IMAGE, port=DCGM_EXPORTER_PORT),
+        EXPORTER_UNITS[1]: render_template("systemd/node-exporter.service.j2", docker=DOCKER,
+                                           image=NODE_EXPORTER_IMAGE, port=NODE_EXPORTER_PORT),
+    }
+    return [Artifact(f"systemd/{name}", "systemd-unit", None, text) for name, text in units.items()]
+
+
 def render_systemd(plan: FleetPlan) -> list[Artifact]:
     artifacts: list[Artifact] = []
     for deployment in plan.deployments:
@@ -173,4 +194,6 @@ def render_systemd(plan: FleetPlan) -> list[Artifact]:
             units = [u for u in units if not u.path.endswith("/slot.conf")]
         artifacts.extend(units)
     artifacts.extend(render_lb_unit())
+    if plan.spec.target == "aws-ec2":
+        artifacts.extend(render_gpu_exporter_units())
     return artifacts

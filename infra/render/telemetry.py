@@ -32,6 +32,12 @@ DCGM_EXPORTER_PORT = 9400  # dcgm-exporter default
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 
+# -- exporter images of the aws-ec2 GPU hosts (on-prem, the gpu_host role installs the same dcgm-exporter;
+# tests check the two pins agree). Pinned: a new exporter release renames or drops series the rules use.
+# Sources: github.com/NVIDIA/dcgm-exporter (tags "<DCGM>-<exporter>-<base>"), github.com/prometheus/node_exporter.
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04"
+NODE_EXPORTER_IMAGE = "quay.io/prometheus/node-exporter:v1.9.1"
+
 # -- metrics the mtail program derives from the Nginx access log (templates/mtail/nginx.mtail.j2) ------------
 NGINX_RESPONSES = "gpufleet_nginx_http_responses_total"
 """Counter by ``deployment`` (empty for requests Nginx answers before routing) and ``status`` (the code)."""

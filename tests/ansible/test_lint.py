@@ -46,10 +46,10 @@ def test_site_plays_every_group_with_its_roles(onprem_inventory: Path):
     assert run.returncode == 0, run.output
     plays = run.output.split("play #")[1:]
     heads = [p.splitlines()[0] for p in plays]
-    assert [h.split(":")[0].split("(")[1].rstrip(")") for h in heads] == [
-        "all", "gpu_servers", "load_balancers", "monitoring"]
+    assert [h.split("(", 1)[1].split(")", 1)[0] for h in heads] == [
+        "all", "gpu_servers", "load_balancers", "monitoring", "load_balancers:monitoring"]
     for play, roles in zip(plays, [["firewall"], ["container_runtime", "gpu_host", "vllm"], ["nginx_lb"],
-                                   ["monitoring"]], strict=True):
+                                   ["monitoring"], ["ec2_agent"]], strict=True):
         for role in roles:
             assert f"{role} : " in play, f"role {role} has no task in:\n{play}"
     # Grafana is on by default: its tasks are imported (not included), so they show here.

@@ -125,6 +125,8 @@ def test_rendered_targets_pass_promtool(rendered: Path) -> None:
     assert sorted(vllm) == sorted(p.endpoint for p in place_onprem(plan(), load_catalog()))
 
 
-def test_cloud_stacks_render_no_ansible() -> None:
-    fleet = plan_stack(load_stack(Project(ROOT), "staging"))
+def test_eks_stacks_render_no_ansible() -> None:
+    """eks has no hosts to converge (aws-ec2: tests/render/test_ec2_hosts.py)."""
+    fleet = plan_stack(load_stack(Project(ROOT), "prod"))
+    assert fleet.spec.target == "eks"
     assert not [a for a in render_fleet(fleet) if a.kind == "ansible-vars"]

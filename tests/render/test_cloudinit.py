@@ -28,7 +28,19 @@ from infra.render.cloudinit import (
     render_user_data,
 )
 from infra.render.stack import render_fleet
-from infra.render.systemd import VLLM_IMAGE, env_file, instance_name, render_vllm_units
+from infra.render.systemd import (
+    VLLM_IMAGE,
+    env_file,
+    instance_name,
+    render_gpu_exporter_units,
+    render_vllm_units,
+)
+from infra.render.telemetry import (
+    DCGM_EXPORTER_IMAGE,
+    DCGM_EXPORTER_PORT,
+    NODE_EXPORTER_IMAGE,
+    NODE_EXPORTER_PORT,
+)
 from infra.render.vllm import API_KEY_ENV, VLLM_VERSION, render_vllm
 from infra.spec.load import Project, load_stack
 from infra.spec.profile import S3Weights
@@ -115,7 +127,8 @@ def test_write_files_are_exactly_the_rendered_config_and_units(stack: str) -> No
     fleet_artifacts = set(render_fleet(plan(stack)))
     for deployment, artifact in user_data(stack):
         written = files(parse(artifact))
-        embedded = [a for a in render_vllm(deployment) if a.kind == "vllm-config"] + render_vllm_units(deployment)
+        embedded = ([a for a in render_vllm(deployment) if a.kind == "vllm-config"] + render_vllm_units(deployment)
+                    + render_gpu_exporter_units())
         assert sorted(embedded) == embedded_artifacts(deployment)
         assert set(embedded) <= fleet_artifacts  # the same files `gpufleet render` writes and the PR shows
         expected = {host_path(a): a.content for a in embedded}
@@ -171,7 +184,7 @@ def test_gpus_verified_image_pinned_and_slots_enabled(stack: str) -> None:
             image == VLLM_IMAGE for image in re.findall(r"vllm/vllm-openai:[^\s\"']+", artifact.content))
         slots = gpu_count // deployment.chosen.config.tp
         units = " ".join(instance_name(deployment.deployment.name, i) for i in range(slots))
-        assert f"systemctl daemon-reload\nsystemctl enable {units}\n" in start
+        assert "systemctl daemon-reload\n" in start and f"\nsystemctl enable {units}\n" in start
         assert f"systemctl start --no-block {units}\n" in start
         drop_ins = [p for p in written if p.endswith(".service.d/slot.conf")]
         assert len(drop_ins) == slots
@@ -208,9 +221,11 @@ def test_only_aws_ec2_stacks_get_user_data(stack: str) -> None:
 def test_fleet_render_lists_user_data_and_is_deterministic() -> None:
     fleet = plan("staging")
     listed = [a for a in render_fleet(fleet) if a.kind == "cloud-init"]
-    assert [a.path for a in listed] == [f"cloud-init/{d.deployment.name}.yaml" for d in fleet.deployments]
+    gpu = [a.path for a in listed if not a.path.startswith("cloud-init/roles/")]
+    assert gpu == [f"cloud-init/{d.deployment.name}.yaml" for d in fleet.deployments]
     assert render_cloudinit(fleet) == render_cloudinit(fleet)
-    assert all(len(a.content.encode()) <= USER_DATA_LIMIT for a in listed)
+    # The GPU hosts' user data is sent as it is; the LB and monitoring hosts' gzipped (tests/render/test_ec2_hosts.py).
+    assert all(len(a.content.encode()) <= USER_DATA_LIMIT for a in listed if a.path in gpu)
 
 
 def test_a_secret_the_instance_cannot_read_at_boot_is_refused() -> None:
@@ -229,3 +244,20 @@ def test_ssm_parameter_secret_is_read_with_decryption() -> None:
     assert ('aws ssm get-parameter --name "${secret}" --with-decryption --query Parameter.Value --output text '
             f"--region {spec.region}") in script
     assert "secretsmanager" not in script
+
+
+def test_gpu_hosts_run_the_exporters_the_monitoring_host_scrapes() -> None:
+    """dcgm-exporter and node_exporter on the job ports, dcgm-exporter the image the on-prem role pins."""
+    units = {a.path: a.content for a in render_gpu_exporter_units()}
+    dcgm = units["systemd/gpufleet-dcgm-exporter.service"]
+    node = units["systemd/gpufleet-node-exporter.service"]
+    assert f"{DCGM_EXPORTER_IMAGE} --address :{DCGM_EXPORTER_PORT}" in dcgm and "--gpus all" in dcgm
+    assert NODE_EXPORTER_IMAGE in node and f"--web.listen-address=:{NODE_EXPORTER_PORT}" in node
+    defaults = yaml.safe_load((ROOT / "ansible/roles/gpu_host/defaults/main.yml").read_text())
+    onprem = defaults["gpu_host_dcgm_exporter_image"].replace("{{ gpu_host_dcgm_version }}",
+                                                              defaults["gpu_host_dcgm_version"])
+    assert onprem == DCGM_EXPORTER_IMAGE
+    for _, artifact in user_data("dev"):
+        start = files(parse(artifact))[f"{SCRIPT_DIR}/start-vllm.sh"]["content"]
+        exporters = "gpufleet-dcgm-exporter.service gpufleet-node-exporter.service"
+        assert f"systemctl enable --now --no-block {exporters}" in start

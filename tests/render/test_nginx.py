@@ -126,7 +126,9 @@ def production_config(stack: str, tmp_path: Path) -> list[dict[str, Any]]:
     everything = [a for a in render_fleet(fleet) if a.kind == "nginx-conf"]
     # On-prem the upstream files are rendered too (the addresses are in the spec); elsewhere deploy-time.
     upstreams = {a.path for a in everything if a.path.startswith("nginx/upstreams/")}
-    expected = {f"nginx/upstreams/{n}.conf" for n in deployments(fleet)} if fleet.spec.target == "onprem" else set()
+    # On-prem the replicas' addresses; on aws-ec2 the "no replica yet" file discovery replaces (ec2_hosts.py).
+    has_hosts = fleet.spec.target in ("onprem", "aws-ec2")
+    expected = {f"nginx/upstreams/{n}.conf" for n in deployments(fleet)} if has_hosts else set()
     assert upstreams == expected
     artifacts = [a for a in everything if a.path not in upstreams]
     assert {a.path for a in artifacts} == {"nginx/nginx.conf", "nginx/gpufleet.js"}
