@@ -15,6 +15,10 @@ import pulumi
 
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.plan.serialize import fleet_json
+from infra.provision.aws.bundle import write_bundle
+from infra.provision.aws.capacity import reservation_problems
+from infra.provision.aws.ec2 import Ec2Fleet
+from infra.provision.aws.tags import cost_tags
 from infra.provision.images import Images
 from infra.provision.onprem import OnpremFleet
 from infra.render.artifacts import Artifact, write_artifacts
@@ -58,8 +62,29 @@ def _onprem(fleet: FleetPlan, artifacts: list[Artifact], project: Project, rende
     pulumi.export("dashboards", f"http://{site.monitoring.address}:3000/dashboards/f/gpufleet")
 
 
-# One builder per target (aws-ec2 and eks come with the next slices of the Pulumi issue).
-TARGETS: dict[str, Callable[[FleetPlan, list[Artifact], Project, str], None]] = {"onprem": _onprem}
+def bundle_path(project: Project, render_dir: str) -> Path:
+    """Beside the render directory, not in it: the bundle holds the render."""
+    out = project.root / render_dir
+    return out.with_name(f"{out.name}.bundle.tar.gz")
+
+
+def _aws_ec2(fleet: FleetPlan, artifacts: list[Artifact], project: Project, render_dir: str) -> None:
+    # The GPU hosts run the image built from images/vllm (the LB hosts run Debian's nginx).
+    images = Images(fleet.stack, stack=fleet.stack, engine_version=VLLM_VERSION, mode="ecr", only=["vllm"],
+                    tags=cost_tags(fleet.stack, fleet.spec.owner))
+    bundle = write_bundle(artifacts, bundle_path(project, render_dir))
+    ec2 = Ec2Fleet(fleet.stack, fleet=fleet, artifacts=artifacts, bundle=bundle, vllm_image=images.refs["vllm"])
+    pulumi.export("endpoint", ec2.endpoint)
+    pulumi.export("loadBalancerDnsName", ec2.load_balancer.nlb.dns_name)
+    pulumi.export("dashboards", ec2.dashboards)
+    # Grafana has no ingress: this command forwards it to localhost through SSM Session Manager.
+    pulumi.export("dashboardsTunnel", ec2.monitoring.ssm_tunnel)
+    pulumi.export("configBundle", bundle.sha256)
+
+
+# One builder per target (eks comes with the next slice of the Pulumi issue).
+TARGETS: dict[str, Callable[[FleetPlan, list[Artifact], Project, str], None]] = {
+    "onprem": _onprem, "aws-ec2": _aws_ec2}
 
 
 def run(stack: str, project: Project | None = None, render_dir: str | None = None) -> LoadedStack:
@@ -86,6 +111,9 @@ def run(stack: str, project: Project | None = None, render_dir: str | None = Non
         raise pulumi.RunError(f"stack '{stack}': gpufleet cannot provision target '{spec.target}' yet "
                                f"(supported: {', '.join(sorted(TARGETS))}); `gpufleet render -s {stack}` "
                                "writes its configs")
+    problems = reservation_problems(fleet) if spec.target != "onprem" else []
+    if problems:
+        raise pulumi.RunError(f"stack '{stack}' cannot be deployed as planned:\n" + "\n".join(problems))
     out = render_dir or f"out/{stack}"
     write_artifacts(artifacts, project.root / out)
     build(fleet, artifacts, project, out)

@@ -19,8 +19,14 @@ KEY_PROPS = {
     "aws:ec2/subnet:Subnet": ["availabilityZone", "cidrBlock", "mapPublicIpOnLaunch"],
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ["cidrIpv4", "fromPort", "toPort", "ipProtocol"],
     "aws:ec2/launchTemplate:LaunchTemplate": ["instanceType", "metadataOptions", "blockDeviceMappings",
-                                              "instanceMarketOptions"],
-    "aws:autoscaling/group:Group": ["minSize", "maxSize", "desiredCapacity", "instanceRefresh", "healthCheckType"],
+                                              "instanceMarketOptions", "capacityReservationSpecification"],
+    "aws:ec2/instance:Instance": ["instanceType", "metadataOptions", "rootBlockDevice"],
+    "aws:lb/loadBalancer:LoadBalancer": ["loadBalancerType", "internal"],
+    "aws:lb/listener:Listener": ["port", "protocol", "sslPolicy", "tcpIdleTimeoutSeconds"],
+    "aws:lb/targetGroup:TargetGroup": ["port", "protocol", "healthCheck", "deregistrationDelay"],
+    "aws:ssm/parameter:Parameter": ["name", "type"],
+    "aws:autoscaling/group:Group": ["minSize", "maxSize", "desiredCapacity", "instanceRefresh", "healthCheckType",
+                                    "healthCheckGracePeriod"],
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ["policyArn"],
     "aws:eks/cluster:Cluster": ["version"],
     "aws:eks/nodeGroup:NodeGroup": ["amiType", "instanceTypes", "capacityType", "scalingConfig", "labels", "taints"],
@@ -31,8 +37,10 @@ KEY_PROPS = {
 
 
 def snapshot_of(resources: list[Registered]) -> list[dict[str, Any]]:
+    def key(prop: str) -> str:  # an input named like the entry's own keys (an SSM parameter's type, name)
+        return f"input.{prop}" if prop in ("type", "name") else prop
     picked = [{"type": r.type, "name": r.name,
-               **{k: r.inputs[k] for k in KEY_PROPS.get(r.type, []) if k in r.inputs}}
+               **{key(k): r.inputs[k] for k in KEY_PROPS.get(r.type, []) if k in r.inputs}}
               for r in sorted(resources, key=lambda r: (r.type, r.name))]
     return list(json.loads(json.dumps(picked)))  # numbers and tuples as JSON has them
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import runpy
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from infra.plan.serialize import fleet_json
 from infra.spec.load import Project, load_stack
 from tests.pulumi.mocks import RecordingMocks, run_program
 from tests.pulumi.stacks import edited_project
+from tests.pulumi.test_aws_ec2 import AwsMocks, capacity_block_dev
+from tests.pulumi.test_images import REGISTRY, RegistryMocks, fake_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,16 +47,62 @@ def test_onprem_program_exports_endpoint_dashboards_and_plan(exports: dict[str, 
         assert {k: mine[k] for k in program.SUMMARY_KEYS} == {k: d["chosen"][k] for k in program.SUMMARY_KEYS}
 
 
-@pytest.mark.parametrize(("stack", "target"), [("dev", "aws-ec2"), ("prod", "eks")])
-def test_cloud_targets_are_refused_until_they_are_provisioned(stack: str, target: str, exports: dict[str, Any],
-                                                              tmp_path: Path) -> None:
+class Ec2ProgramMocks(AwsMocks, RegistryMocks):
+    """The AWS lookups and outputs of test_aws_ec2, and the ECR repository and pushed image of test_images."""
+
+
+def test_aws_ec2_program_builds_the_image_uploads_the_bundle_and_exports(exports: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    mocks = Ec2ProgramMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="staging", preview=False)
+    run_program(lambda: program.run("staging", render_dir=str(tmp_path / "staging")))
+    assert exports["target"] == "aws-ec2"
+    assert run_output(exports["endpoint"]) == "https://llm.staging.acme.example/v1"
+    assert run_output(exports["dashboards"]) == "http://localhost:3000/dashboards/f/gpufleet"
+    tunnel = run_output(exports["dashboardsTunnel"])
+    assert tunnel.startswith("aws ssm start-session --region us-east-1 --target staging-monitoring-id ")
+    # The bundle beside the render, named by its sha256, is what the store uploads.
+    bundle = tmp_path / "staging.bundle.tar.gz"
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert exports["configBundle"] == sha
+    (obj,) = mocks.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    assert obj.inputs["key"] == f"bundles/{sha}.tar.gz"
+    # Only images/vllm is built: the LB hosts run Debian's nginx.
+    (image,) = mocks.of_type("docker-build:index:Image")
+    ref = f"{REGISTRY}/gpufleet-staging-vllm@{fake_digest(image.name)}"
+    (template,) = [r for r in mocks.of_type("aws:ec2/launchTemplate:LaunchTemplate") if r.name == "staging-support"]
+    assert ref in base64.b64decode(template.inputs["userData"]).decode()
+
+
+def run_output(value: Any) -> Any:
+    """An exported Output's value (the mocks resolved it)."""
+    if not isinstance(value, pulumi.Output):
+        return value
+    found: list[Any] = []
+    run_program(lambda: value.apply(found.append))
+    return found[0]
+
+
+def test_capacity_block_without_a_reservation_stops_before_any_resource(exports: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    fleet_dir = tmp_path / "project"
+    capacity_block_dev(fleet_dir, reserved=False)
+    mocks = Ec2ProgramMocks()
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="dev", preview=False)
+    with pytest.raises(pulumi.RunError, match="planned on an EC2 Capacity Block"):
+        run_program(lambda: program.run("dev", Project(fleet_dir), render_dir=str(tmp_path / "out")))
+    assert mocks.resources == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_eks_is_refused_until_it_is_provisioned(exports: dict[str, Any], tmp_path: Path) -> None:
     """Plan and render run (their exports are set), then the program stops with a message instead of
     reporting success with no resource."""
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack=stack, preview=False)
-    with pytest.raises(pulumi.RunError, match=f"cannot provision target '{target}' yet"):
-        run_program(lambda: program.run(stack, render_dir=str(tmp_path)))
-    assert exports["target"] == target
+    pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="prod", preview=False)
+    with pytest.raises(pulumi.RunError, match="cannot provision target 'eks' yet"):
+        run_program(lambda: program.run("prod", render_dir=str(tmp_path)))
+    assert exports["target"] == "eks"
     assert exports["plan"]["deployments"]
     assert mocks.resources == []
     assert not any(tmp_path.iterdir()), "nothing is written for a target that is not provisioned"

@@ -10,7 +10,9 @@
 - The group: min = max = desired = the planned machines (sizing is the plan's job, reviewed in the PR);
   instance refresh on every launch-template change, launching new instances before terminating old ones
   (min healthy 100 %, max healthy 200 %) and waiting the replica's start budget before counting one healthy.
-- Spot when the plan chose spot (deployments without redundancy in stacks that allow it).
+- Market and reserved capacity from the plan and the deployment's ``capacityReservation``
+  (infra/provision/aws/capacity.py). In reserved capacity there is no room for a surge: the refresh
+  replaces one machine at a time, terminating first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.hostagent.layout import ROLE_TAG
 from infra.plan.optimize import DeploymentPlan
+from infra.provision.aws.capacity import launch_capacity
 
 # Public SSM parameters of the GPU AMI per CPU architecture (every GPU instance type of the catalog is x86_64).
 # Source: AWS Deep Learning AMI docs, "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)", checked
@@ -58,6 +62,14 @@ def launch_tags(tags: dict[str, str]) -> list[aws.ec2.LaunchTemplateTagSpecifica
             for kind in ("instance", "volume")]
 
 
+def refresh_percentages(machines: int, reserved: bool) -> tuple[int, int]:
+    """(min healthy, max healthy) of the instance refresh: launch before terminate (100, 200), or in reserved
+    capacity, which has no spare machine, one machine at a time, terminating first."""
+    if not reserved:
+        return 100, 200
+    return (100 * (machines - 1)) // machines, 100
+
+
 def root_volume_gib(plan: DeploymentPlan) -> int:
     assert plan.chosen is not None
     weights = plan.chosen.replica.weights_gib
@@ -86,7 +98,8 @@ class GpuGroup(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         ami = aws.ssm.get_parameter_output(name=GPU_AMI_SSM_PARAMETERS[args.architecture],
                                            opts=pulumi.InvokeOutputOptions(parent=self))
-        spot = chosen.machine.price.market == "spot"
+        capacity = launch_capacity(args.plan)
+        tags = {**args.tags, ROLE_TAG: "gpu"}
         self.launch_template = aws.ec2.LaunchTemplate(
             name,
             image_id=ami.value,
@@ -97,14 +110,16 @@ class GpuGroup(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             metadata_options=imdsv2_only(instance_metadata_tags="disabled"),
             block_device_mappings=encrypted_root(ROOT_DEVICE, root_volume_gib(args.plan)),
-            instance_market_options=aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="spot")
-            if spot else None,
-            # Instances and their volumes carry the cost tags from launch on (the group's own tags arrive later).
-            tag_specifications=launch_tags(args.tags),
+            instance_market_options=capacity.market,
+            capacity_reservation_specification=capacity.reservation,
+            # Instances and their volumes carry the cost tags (and the role discovery lists them by) from launch
+            # on; the group's own tags arrive later.
+            tag_specifications=launch_tags(tags),
             update_default_version=True,
             tags=args.tags,
             opts=child)
         machines = chosen.machines
+        min_healthy, max_healthy = refresh_percentages(machines, capacity.reservation is not None)
         self.group = aws.autoscaling.Group(
             name,
             min_size=machines, max_size=machines, desired_capacity=machines,
@@ -116,7 +131,7 @@ class GpuGroup(pulumi.ComponentResource):
             instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
                 strategy="Rolling",
                 preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                    min_healthy_percentage=100, max_healthy_percentage=200,
+                    min_healthy_percentage=min_healthy, max_healthy_percentage=max_healthy,
                     instance_warmup=str(args.start_budget_s))),
             tags=[aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=False)
                   for k, v in sorted(args.tags.items())],

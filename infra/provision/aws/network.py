@@ -49,6 +49,8 @@ class Network(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gpufleet:aws:Network", name, None, opts)
+        self._private_by_zone: dict[str, pulumi.Output[str]] = {}
+        self._vpc_id_given = args.vpc_id
         if args.vpc_id:
             self._existing(args.vpc_id)
         else:
@@ -56,17 +58,23 @@ class Network(pulumi.ComponentResource):
         self.register_outputs({"vpcId": self.vpc_id, "publicSubnetIds": self.public_subnet_ids,
                                "privateSubnetIds": self.private_subnet_ids})
 
+    def private_subnets_in(self, zone: str) -> pulumi.Output[list[str]]:
+        """The private subnet(s) of one zone (a capacity reservation's)."""
+        if self._vpc_id_given is not None:
+            return self._tier(self._vpc_id_given, "private", zone)
+        return self._private_by_zone[zone].apply(lambda subnet: [subnet])
+
+    def _tier(self, vpc_id: str, tier: str, zone: str | None = None) -> pulumi.Output[list[str]]:
+        filters = [aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
+                   aws.ec2.GetSubnetsFilterArgs(name=f"tag:{TIER_TAG}", values=[tier])]
+        if zone is not None:
+            filters.append(aws.ec2.GetSubnetsFilterArgs(name="availability-zone", values=[zone]))
+        return aws.ec2.get_subnets_output(filters=filters, opts=pulumi.InvokeOutputOptions(parent=self)).ids
+
     def _existing(self, vpc_id: str) -> None:
         self.vpc_id = pulumi.Output.from_input(vpc_id)
-
-        def tier(name: str) -> pulumi.Output[list[str]]:
-            found = aws.ec2.get_subnets_output(filters=[
-                aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
-                aws.ec2.GetSubnetsFilterArgs(name=f"tag:{TIER_TAG}", values=[name]),
-            ], opts=pulumi.InvokeOutputOptions(parent=self))
-            return found.ids
-        self.public_subnet_ids = tier("public")
-        self.private_subnet_ids = tier("private")
+        self.public_subnet_ids = self._tier(vpc_id, "public")
+        self.private_subnet_ids = self._tier(vpc_id, "private")
 
     def _create(self, name: str, args: NetworkArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
@@ -100,6 +108,7 @@ class Network(pulumi.ComponentResource):
                                     tags={**args.tags, "Name": f"{name}-private-{zone}"}, opts=child)
             aws.ec2.RouteTableAssociation(f"{name}-private-{zone}", subnet_id=priv.id, route_table_id=rt.id, opts=child)
             private.append(priv)
+            self._private_by_zone[zone] = priv.id
         self.vpc_id = vpc.id
         self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public])
         self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private])
