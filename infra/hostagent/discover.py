@@ -52,7 +52,7 @@ import botocore.exceptions
 
 from . import formats, layout
 
-DEFAULT_HEALTH = {"path": "/health", "timeout_s": 2.0, "failures_to_remove": 3}
+DEFAULT_HEALTH = layout.DISCOVERY_HEALTH
 # The spec's deployment names (infra/spec/profile.py); they name files here, so no `/` and no leading dot.
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
 FILE_NAME = DEPLOYMENT_NAME

@@ -78,6 +78,11 @@ ANSIBLE_VENV = "/opt/gpufleet/ansible"  # ansible-core, pinned to the version th
 # The ansible-core the roles are tested with (pyproject's onprem extra; tests check the two agree).
 ANSIBLE_CORE = "2.19.14"
 
+# -- discovery's active health check of a replica (DISCOVERY_CONFIG "health"; also its defaults). vLLM's
+# /health answers 200 once the engine is up. Three misses at the discover timer's 20 s take a dead replica
+# out within a minute; nginx's passive check (formats.MAX_FAILS) covers the seconds in between.
+DISCOVERY_HEALTH = {"path": "/health", "timeout_s": 2.0, "failures_to_remove": 3}
+
 # -- bundle layout (top-level directories of the archive)
 BUNDLE_RENDER = "render"
 BUNDLE_ANSIBLE = "ansible"

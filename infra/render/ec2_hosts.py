@@ -60,10 +60,6 @@ HOST_ROLES: tuple[layout.Role, ...] = tuple(ROLE_GROUPS)
 LB_UNIT = "gpufleet-lb"  # systemd/gpufleet-lb.service (infra/render/systemd.py), what nginx_lb runs
 SYNC_UNIT = "gpufleet-sync"
 BOOTSTRAP = f"{layout.AGENT_DIR}/bootstrap-host.sh"
-# Discovery's active health check of a replica (vLLM's /health answers 200 once the engine is up). Three
-# misses at the discover timer's 20 s take a dead replica out within a minute; nginx's passive check
-# (max_fails, infra/hostagent/formats.py) covers the seconds in between.
-HEALTH = {"path": "/health", "timeout_s": 2.0, "failures_to_remove": 3}
 # Prometheus jobs discovery writes: (job, roles of the instances scraped, port; None = the replicas' ports).
 HOST_JOBS: tuple[tuple[str, tuple[layout.Role, ...], int], ...] = (
     (NODE_JOB, layout.ROLES, NODE_EXPORTER_PORT),
@@ -131,7 +127,7 @@ def discovery(plan: FleetPlan, nginx: NginxLayout | None = None,
         "region": plan.spec.region,
         "deployments": {d.deployment.name: {"ports": replica_ports(d), "labels": deployment_labels(d)}
                         for d in plan.deployments},
-        "health": HEALTH,
+        "health": layout.DISCOVERY_HEALTH,
         "upstreams": {"dir": nginx.upstream_dir, "check": ["nginx", "-t", "-q", "-c", conf],
                       "reload": ["systemctl", "reload", LB_UNIT]},
         "targets": {"dir": prometheus.targets_dir, "jobs": target_jobs()},
@@ -165,7 +161,7 @@ def ec2_group_vars(plan: FleetPlan) -> dict[str, Any]:
     return variables
 
 
-def placeholder_files(plan: FleetPlan) -> list[Artifact]:
+def before_discovery_files(plan: FleetPlan) -> list[Artifact]:
     """The deploy-time files before discovery has found anything."""
     artifacts = [Artifact(f"nginx/upstreams/{d.deployment.name}.conf", "nginx-conf", d.deployment.name,
                           upstream_conf(d.deployment.name, [], VLLM_PORT, allow_empty=True))
@@ -249,7 +245,7 @@ def render_ec2_hosts(plan: FleetPlan) -> list[Artifact]:
     artifacts = [
         Artifact("ansible/inventory.yml", "ansible-vars", None, dump_vars(plan.stack, inventory())),
         Artifact("ansible/group_vars/all.yml", "ansible-vars", None, dump_vars(plan.stack, ec2_group_vars(plan))),
-        *placeholder_files(plan),
+        *before_discovery_files(plan),
     ]
     artifacts += [render_host_user_data(plan, role) for role in HOST_ROLES]
     return artifacts

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from infra.hostagent import layout
-from infra.plan.optimize import FleetPlan, plan_stack
 from infra.render.artifacts import Artifact, write_artifacts
 from infra.render.cloudinit import USER_DATA_LIMIT
 from infra.render.ec2_hosts import (
@@ -38,10 +37,9 @@ from infra.render.ec2_hosts import (
 from infra.render.prometheus_config import PrometheusLayout, deployment_labels, scrape_jobs
 from infra.render.stack import render_fleet
 from infra.render.systemd import slots_per_machine
-from infra.spec.load import Project, load_stack
 from infra.spec.secrets import SecretRef
 from tests.ansible.runner import BIN, SITE, env, playbook
-from tests.render.test_cloudinit import files, parse, schema
+from tests.render.test_cloudinit import files, parse, plan, schema
 from tests.render.test_systemd_compose import systemd_root
 from tests.tooling import require_tool
 
@@ -49,11 +47,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EC2_STACKS = ["dev", "staging"]
 PLAY_HOSTS = re.compile(r"play #\d+ \([^)]*\): (?P<name>[^\t\n]+).*?hosts \(\d+\):(?P<hosts>(?:\n {6}\S+)*)", re.S)
 SECRET = re.compile(r"\{\{ gpufleet_secrets\['([a-z0-9_]+)'\] \}\}")
-
-
-@cache
-def plan(stack: str) -> FleetPlan:
-    return plan_stack(load_stack(Project(ROOT), stack))
 
 
 @cache
@@ -195,9 +188,9 @@ def test_discovery_matches_the_plan_and_prometheus_jobs(stack: str) -> None:
     for glob in globs:
         assert any(fnmatch.fnmatch(name, glob) for name in files_written), glob
     prefix = "prometheus/targets/"
-    placeholders = {p.removeprefix(prefix) for p in rendered(stack) if p.startswith(prefix)}
-    assert placeholders == files_written
-    assert all(json.loads(rendered(stack)[f"prometheus/targets/{n}"].content) == [] for n in placeholders)
+    initial = {p.removeprefix(prefix) for p in rendered(stack) if p.startswith(prefix)}
+    assert initial == files_written
+    assert all(json.loads(rendered(stack)[f"prometheus/targets/{n}"].content) == [] for n in initial)
 
 
 def test_inventory_names_one_local_host_per_role(render_dir: Path) -> None:
