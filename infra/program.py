@@ -12,17 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.plan.serialize import fleet_json
 from infra.provision.aws.bundle import write_bundle
 from infra.provision.aws.capacity import reservation_problems
 from infra.provision.aws.ec2 import Ec2Fleet
+from infra.provision.aws.eks import EksPlatform
 from infra.provision.aws.tags import cost_tags
 from infra.provision.images import Images
+from infra.provision.k8s import KubernetesObjects
 from infra.provision.onprem import OnpremFleet
 from infra.render.artifacts import Artifact, write_artifacts
+from infra.render.dashboards.fleet import fleet_uid
+from infra.render.k8s_lb import LB_IMAGE_CONTAINERS
+from infra.render.k8s_lb import NAME as LB_NAME
+from infra.render.k8s_workloads import CONTAINER as VLLM_CONTAINER
 from infra.render.stack import NotRenderable, render_fleet
+from infra.render.telemetry import K8S_MONITORING_NAMESPACE, K8S_NAMESPACE, K8S_PROMETHEUS_RELEASE
 from infra.render.vllm import VLLM_VERSION
 from infra.spec.issues import SpecError
 from infra.spec.load import LoadedStack, Project, load_stack
@@ -82,9 +90,43 @@ def _aws_ec2(fleet: FleetPlan, artifacts: list[Artifact], project: Project, rend
     pulumi.export("configBundle", bundle.sha256)
 
 
-# One builder per target (eks comes with the next slice of the Pulumi issue).
+# Grafana has no ingress on eks either: forwarded to localhost with kubectl (its chart Service listens on 80).
+GRAFANA_TUNNEL = (f"kubectl -n {K8S_MONITORING_NAMESPACE} port-forward svc/{K8S_PROMETHEUS_RELEASE}-grafana "
+                  "3000:80")
+
+
+def load_balancer_hostname(status: Any) -> str | None:
+    """The NLB's DNS name from the LB Service's status (None until AWS has created it)."""
+    ingress = (status.load_balancer.ingress if status and status.load_balancer else None) or []
+    return ingress[0].hostname if ingress else None
+
+
+def _eks(fleet: FleetPlan, artifacts: list[Artifact], project: Project, render_dir: str) -> None:
+    # The vLLM pods run the image built from images/vllm; the LB pod's containers the one from images/lb.
+    images = Images(fleet.stack, stack=fleet.stack, engine_version=VLLM_VERSION, mode="ecr",
+                    tags=cost_tags(fleet.stack, fleet.spec.owner))
+    platform = EksPlatform(fleet.stack, fleet=fleet)
+    objects = KubernetesObjects(
+        fleet.stack, artifacts=artifacts, spec=fleet.spec, provider=platform.provider, charts=platform.releases,
+        images={VLLM_CONTAINER: images.refs["vllm"], **dict.fromkeys(LB_IMAGE_CONTAINERS, images.refs["lb"])},
+        depends_on=platform.workload_dependencies)
+    service = objects.objects[f"service-{K8S_NAMESPACE}-{LB_NAME}"]
+    assert isinstance(service, k8s.core.v1.Service)
+    hostname = service.status.apply(load_balancer_hostname)
+    scheme = "http" if fleet.spec.network.tls.source == "none" else "https"
+    domain = fleet.spec.network.domain
+    # With a domain, its DNS record (a CNAME to loadBalancerDnsName) is the team's: the URL clients use.
+    pulumi.export("endpoint", f"{scheme}://{domain}/v1" if domain else
+                  hostname.apply(lambda h: f"{scheme}://{h}/v1" if h else None))
+    pulumi.export("loadBalancerDnsName", hostname)
+    # The chart's dashboard sidecar files the rendered dashboards under General: link the fleet overview.
+    pulumi.export("dashboards", f"http://localhost:3000/d/{fleet_uid(fleet.stack)}")
+    pulumi.export("dashboardsTunnel", GRAFANA_TUNNEL)
+
+
+# One builder per target.
 TARGETS: dict[str, Callable[[FleetPlan, list[Artifact], Project, str], None]] = {
-    "onprem": _onprem, "aws-ec2": _aws_ec2}
+    "onprem": _onprem, "aws-ec2": _aws_ec2, "eks": _eks}
 
 
 def run(stack: str, project: Project | None = None, render_dir: str | None = None) -> LoadedStack:

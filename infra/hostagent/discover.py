@@ -29,15 +29,11 @@ siblings (relatively: the package is ``hostagent`` there, ``infra.hostagent`` in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import http.client
 import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,7 +46,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from . import formats, layout
+from . import files, formats, layout
+from .files import Written, atomic_write, log, restore, run_command, write_if_changed
 
 DEFAULT_HEALTH = layout.DISCOVERY_HEALTH
 # The spec's deployment names (infra/spec/profile.py); they name files here, so no `/` and no leading dot.
@@ -59,7 +56,6 @@ FILE_NAME = DEPLOYMENT_NAME
 DEPLOYMENT_FIELD = "{deployment}"
 # Probes in flight at once: 100 two-slot replicas with a dead network path take 4 timeouts, not 200.
 MAX_PROBES = 64
-COMMAND_TIMEOUT_S = 120  # nginx -t and systemctl reload take well under a second; a hung one must not wedge
 AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
@@ -265,12 +261,8 @@ class Instance:
     deployment: str | None
 
 
-def log(message: str) -> None:
-    print(message, flush=True)  # flushed: the journal interleaves it with the check's own output
-
-
 def warn(message: str) -> None:
-    print(f"discover: {message}", file=sys.stderr, flush=True)
+    files.warn("discover", message)
 
 
 def aws_client(service: str, config: Config) -> Any:
@@ -323,70 +315,6 @@ def replica_addresses(deployment: Deployment, instances: Iterable[Instance]) -> 
             for port in deployment.ports]
 
 
-# -- files -------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Written:
-    path: Path
-    previous: str | None  # None: the file did not exist
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")  # garbage compares unequal: rewritten
-    except FileNotFoundError:
-        return None
-
-
-def atomic_write(path: Path, content: str) -> None:
-    """Readers (nginx, Prometheus) see the old file or the new one, never half of one. The temporary name ends
-    in ``.tmp``, so globs like ``*.conf`` and ``*.json`` never pick it up."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; nginx's and Prometheus' users read these files
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def write_if_changed(path: Path, content: str) -> Written | None:
-    previous = _read(path)
-    if previous == content:
-        return None
-    atomic_write(path, content)
-    log(f"wrote {path}")
-    return Written(path, previous)
-
-
-def restore(written: Iterable[Written]) -> None:
-    for item in written:
-        if item.previous is None:
-            item.path.unlink(missing_ok=True)
-        else:
-            atomic_write(item.path, item.previous)
-
-
-def run_command(argv: Sequence[str], what: str) -> str | None:
-    """Runs ``argv`` with the agent's stdout/stderr (the tool's own message reaches the journal); returns
-    why it failed, or None."""
-    try:
-        result = subprocess.run(list(argv), check=False, timeout=COMMAND_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return f"{what} ({' '.join(argv)}) did not finish in {COMMAND_TIMEOUT_S} s"
-    except OSError as exc:
-        return f"{what} ({' '.join(argv)}) could not run: {exc.strerror or exc}"
-    if result.returncode != 0:
-        return f"{what} ({' '.join(argv)}) failed with exit code {result.returncode}"
-    return None
-
-
 # -- upstreams ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -406,7 +334,7 @@ class State:
 def load_state(path: Path) -> State:
     """A missing or unreadable state starts afresh (every healthy replica joins at once): losing the
     hysteresis is better than keeping the LB from following the fleet."""
-    text = _read(path)
+    text = files.read_text_or_none(path)
     if text is None:
         return State({})
     try:
@@ -497,7 +425,7 @@ def update_upstreams(config: Config, upstreams: Upstreams, instances: Sequence[I
         else:
             warn(f"{failure}; the next pass retries")
             status = 1
-    if _read(config.state_file) != after.text():
+    if files.read_text_or_none(config.state_file) != after.text():
         atomic_write(config.state_file, after.text())
     return status
 

@@ -50,6 +50,9 @@ TAGGABLE_TYPES = frozenset({
     SECURITY_GROUP, INGRESS_RULE, LAUNCH_TEMPLATE, INSTANCE, VOLUME, NODE_GROUP, AUTOSCALING_GROUP,
     "aws:eks/cluster:Cluster", "aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup",
     "aws:lb/listener:Listener", "aws:ec2/placementGroup:PlacementGroup",
+    # What the eks target adds (cost allocation follows IAM roles and add-ons in the bill's resource tags).
+    "aws:iam/role:Role", "aws:eks/addon:Addon", "aws:eks/podIdentityAssociation:PodIdentityAssociation",
+    "aws:kms/key:Key",
 })
 """Types that must carry cost tags even when the program passed no ``tags`` input (Pulumi then omits it)."""
 

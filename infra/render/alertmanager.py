@@ -22,7 +22,8 @@ Written at deploy time, never rendered (the render holds no secret), each file c
 secret's value (no trailing newline needed), readable by the Alertmanager user only (Debian: ``prometheus``,
 mode 0400 or 0440 with that group):
 
-- ``<secrets dir>/<receiver>-<field>`` (default secrets dir ``/etc/gpufleet/alertmanager/secrets``), one per
+- ``<secrets dir>/<receiver>-<field>`` (secrets dir ``/etc/gpufleet/alertmanager/secrets``; on eks the operator's
+  mount of Secret :data:`K8S_RECEIVERS_SECRET`), one per
   secret of a receiver: ``routing-key`` (PagerDuty, ``routing_key_file``), ``api-url`` (Slack,
   ``api_url_file``), ``bearer-token`` (webhook, ``http_config.authorization.credentials_file``),
   ``auth-password`` (email, ``auth_password_file``). :func:`secret_files` lists them with the
@@ -96,6 +97,18 @@ class AlertmanagerLayout:
         return f"{self.secrets_dir}/{receiver}-{field}"
 
 
+# On eks, Alertmanager is kube-prometheus-stack's: the Prometheus operator mounts each Secret named in
+# ``alertmanagerSpec.secrets`` at /etc/alertmanager/secrets/<secret name> (prometheus-operator API docs,
+# AlertmanagerSpec.secrets). The provisioner writes this Secret, one key per file of :func:`secret_files`.
+K8S_RECEIVERS_SECRET = "gpufleet-alertmanager-receivers"
+K8S_LAYOUT = AlertmanagerLayout(secrets_dir=f"/etc/alertmanager/secrets/{K8S_RECEIVERS_SECRET}")
+
+
+def target_layout(spec: StackSpec) -> AlertmanagerLayout:
+    """Where the stack's target keeps the secret files: the operator's mount on eks, /etc/gpufleet elsewhere."""
+    return K8S_LAYOUT if spec.target == "eks" else AlertmanagerLayout()
+
+
 def _secrets(receiver: Receiver) -> list[tuple[str, SecretRef]]:
     """(field, reference) of each secret of one receiver."""
     if receiver.pagerduty is not None:
@@ -112,7 +125,7 @@ def _secrets(receiver: Receiver) -> list[tuple[str, SecretRef]]:
 def secret_files(spec: StackSpec, layout: AlertmanagerLayout | None = None) -> list[tuple[str, SecretRef]]:
     """Every file the rendered config reads a secret from, with the secret to write into it, in receiver
     order. Empty without an alerting section."""
-    layout = layout or AlertmanagerLayout()
+    layout = layout or target_layout(spec)
     if spec.alerting is None:
         return []
     return [(layout.secret_file(receiver.name, field), ref)
@@ -225,7 +238,7 @@ def inhibit_rules(plan: FleetPlan) -> list[dict[str, Any]]:
 
 
 def config_document(plan: FleetPlan, layout: AlertmanagerLayout | None = None) -> dict[str, Any]:
-    layout = layout or AlertmanagerLayout()
+    layout = layout or target_layout(plan.spec)
     alerting = plan.spec.alerting
     receivers = [{"name": UI_ONLY}]
     if alerting is not None:

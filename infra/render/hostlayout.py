@@ -8,6 +8,9 @@ MODEL_CACHE = "/var/lib/gpufleet/models"  # weights synced from S3 / local mirro
 CONTAINER_MODELS = "/models"  # MODEL_CACHE mounted here in the vLLM container
 CONTAINER_HF_HOME = "/models/huggingface"  # HF_HOME inside the container: downloads persist on the host
 CONTAINER_CONFIG = "/etc/gpufleet"  # CONFIG_DIR mounted read-only
+# The user the project's vLLM image runs as (images/vllm/Dockerfile `ARG VLLM_UID`/`VLLM_GID`; a test checks
+# they agree): the model cache must be writable by it, or vLLM cannot download weights from the Hub.
+VLLM_UID = 10001
 
 
 def weights_dir(profile: str) -> str:

@@ -32,7 +32,15 @@ from typing import Any
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
-from infra.render.hostlayout import CONTAINER_CONFIG, CONTAINER_HF_HOME, CONTAINER_MODELS, MODEL_CACHE, VLLM_PORT
+from infra.render.cloudinit import s3_syncs
+from infra.render.hostlayout import (
+    CONTAINER_CONFIG,
+    CONTAINER_HF_HOME,
+    CONTAINER_MODELS,
+    MODEL_CACHE,
+    VLLM_PORT,
+    VLLM_UID,
+)
 from infra.render.prometheus_config import K8S_VLLM_APP, k8s_documents
 from infra.render.systemd import STOP_GRACE_S, VLLM_IMAGE, start_timeout_s
 from infra.render.telemetry import (
@@ -59,6 +67,8 @@ INSTANCE_LABEL = "gpufleet.io/instance-type"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_TAINT_VALUE = "true"
 GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource the NVIDIA device plugin advertises
+# The system node group's label: the LB, Prometheus, Grafana, KEDA and the Cluster Autoscaler run there.
+SYSTEM_NODE_LABELS = {"gpufleet.io/role": "system"}
 
 # -- the API key: Secret `gpufleet-api-key` in namespace gpufleet, key `api-key`, written at deploy time from
 # the stack's apiKey secret (never rendered); the pod reads it as VLLM_API_KEY, like the unit's env file.
@@ -89,6 +99,12 @@ PROBE_PERIOD_S = 10
 PRESTOP_SLEEP_S = 15
 # Pulling the ~10 GB vLLM image on a fresh node happens before the startup probe's budget starts.
 IMAGE_PULL_S = 600
+
+# -- the model cache, prepared by an init container before vLLM starts -------------------------------------
+# AWS CLI v2 from Amazon's public registry: `aws s3 sync` of S3 weights, with the pod's EKS Pod Identity
+# credentials (the CLI supports them from 2.15). Pinned: tag seen in public deployments, 2025-12.
+AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.32.9"
+WEIGHTS_CONTAINER = "model-cache"
 
 # -- autoscaling ------------------------------------------------------------------------------------------
 # Target queue per replica: vLLM queues a request only when max-num-seqs or the KV cache is exhausted, so any
@@ -220,6 +236,40 @@ def volumes(plan: DeploymentPlan) -> list[dict[str, Any]]:
     ]
 
 
+def _container_models_path(host_path: str) -> str:
+    return CONTAINER_MODELS + host_path.removeprefix(MODEL_CACHE)
+
+
+def model_cache_script(plan: DeploymentPlan) -> str:
+    """Create the Hugging Face cache, sync the profile's S3 weights and adapters (as cloud-init's
+    sync-weights.sh does on EC2; no --delete: the node's cache is shared) and hand the cache to the vLLM
+    image's user. A hostPath created by the kubelet is root's 0755, which UID 10001 cannot write into."""
+    lines = ["set -eu", f"mkdir -p {CONTAINER_HF_HOME}"]
+    for sync in s3_syncs(plan.profile):
+        target = _container_models_path(sync.target)
+        lines += [f"mkdir -p {target}",
+                  f"aws s3 sync {sync.uri_arg} {target} --only-show-errors --no-progress",
+                  f"[ -f {target}/{sync.marker} ] || "
+                  f"{{ echo \"gpufleet: FATAL: no {sync.marker} in \"{sync.uri_arg} >&2; exit 1; }}"]
+    lines.append(f"chown -R {VLLM_UID}:{VLLM_UID} {CONTAINER_MODELS}")
+    return "\n".join(lines) + "\n"
+
+
+def model_cache_container(plan: DeploymentPlan, region: str) -> dict[str, Any]:
+    return {
+        "name": WEIGHTS_CONTAINER,
+        "image": AWS_CLI_IMAGE,
+        "command": ["sh", "-c", model_cache_script(plan)],
+        "env": [{"name": "AWS_REGION", "value": region}],
+        "volumeMounts": [{"name": "models", "mountPath": CONTAINER_MODELS}],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        # Root with only what it needs: chown (CHOWN), write into the vLLM user's directories
+        # (DAC_OVERRIDE) and set their times (FOWNER: `aws s3 sync` sets modification times).
+        "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}},
+    }
+
+
 def _spread(key: str, deployment: str) -> dict[str, Any]:
     # ScheduleAnyway for both keys: the plan packs several replicas per machine (gpu_count // tp slots) and
     # nothing adds nodes on demand, so a hard spread would leave replicas Pending on a node group at its size.
@@ -227,7 +277,7 @@ def _spread(key: str, deployment: str) -> dict[str, Any]:
             "labelSelector": {"matchLabels": pod_labels(deployment)}}
 
 
-def pod_spec(plan: DeploymentPlan, image: str) -> dict[str, Any]:
+def pod_spec(plan: DeploymentPlan, image: str, region: str) -> dict[str, Any]:
     name = plan.deployment.name
     return {
         "nodeSelector": node_selector(plan),
@@ -239,12 +289,16 @@ def pod_spec(plan: DeploymentPlan, image: str) -> dict[str, Any]:
         # SIGTERM makes vLLM drain in-flight streams (the unit's `docker stop --time`), after the preStop sleep.
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + STOP_GRACE_S,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # Its own account: EKS Pod Identity gives exactly this deployment's pods the read of its S3 weights.
+        "serviceAccountName": workload_name(name),
+        "automountServiceAccountToken": False,  # vLLM never calls the Kubernetes API
+        "initContainers": [model_cache_container(plan, region)],
         "containers": [container(plan, image)],
         "volumes": volumes(plan),
     }
 
 
-def deployment(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> dict[str, Any]:
+def deployment(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> dict[str, Any]:
     assert plan.chosen is not None
     name = plan.deployment.name
     checksum = hashlib.sha256(vllm_config(plan).encode()).hexdigest()
@@ -253,8 +307,9 @@ def deployment(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _metadata(name),
         "spec": {
-            # KEDA's HPA owns the count afterwards; the plan's count is also its minimum.
-            "replicas": plan.chosen.replicas,
+            # No `replicas`: KEDA's HPA owns the count (minReplicaCount = the plan's replicas). A count here
+            # would be re-applied on every `pulumi up` and fight the autoscaler (Kubernetes docs,
+            # "Horizontal Pod Autoscaling: migrating Deployments to horizontal autoscaling").
             "selector": {"matchLabels": pod_labels(name)},
             # Surge one replica and remove an old one only once the new one serves: capacity never drops.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -265,7 +320,7 @@ def deployment(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> dict[str, Any]:
                 # would not restart them).
                 "metadata": {"labels": {**pod_labels(name), **PART_OF},
                              "annotations": {"gpufleet.dev/vllm-config-sha256": checksum}},
-                "spec": pod_spec(plan, image),
+                "spec": pod_spec(plan, image, region),
             },
         },
     }
@@ -318,24 +373,30 @@ def scaled_object(plan: DeploymentPlan) -> dict[str, Any]:
     }
 
 
+def service_account(plan: DeploymentPlan) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(plan.deployment.name),
+            "automountServiceAccountToken": False}
+
+
 def namespace() -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": K8S_NAMESPACE, "labels": PART_OF}}
 
 
-def workload_objects(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[dict[str, Any]]:
+def workload_objects(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> list[dict[str, Any]]:
     """One deployment's objects in apply order."""
-    return [config_map(plan), service(plan), deployment(plan, image), disruption_budget(plan),
-            scaled_object(plan)]
+    return [service_account(plan), config_map(plan), service(plan), deployment(plan, region, image),
+            disruption_budget(plan), scaled_object(plan)]
 
 
 def render_k8s_workloads(plan: FleetPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
     """``image``: the pinned upstream image in the render; at deploy time the image the program pushed."""
     if plan.spec.target != "eks":
         return []
+    assert plan.spec.region is not None  # validate: an eks stack has a region
     artifacts = [Artifact(NAMESPACE_PATH, "k8s-manifest", None, k8s_documents([namespace()], plan.stack))]
     for d in plan.deployments:
         assert d.chosen is not None  # render runs on feasible plans only
         name = d.deployment.name
         artifacts.append(Artifact(f"{WORKLOADS_DIR}/{name}.yaml", "k8s-manifest", name,
-                                  k8s_documents(workload_objects(d, image), plan.stack)))
+                                  k8s_documents(workload_objects(d, plan.spec.region, image), plan.stack)))
     return artifacts

@@ -24,6 +24,7 @@ Written at deploy time, never rendered (the render holds no address that changes
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -138,6 +139,21 @@ def terminates_tls(spec: StackSpec) -> bool:
     TLS then ends on the AWS network load balancer in front of Nginx, which sees plain HTTP (NLB instance
     targets keep the client's address, so the allow-list below still applies)."""
     return spec.network.tls.source in ("file", "self-signed")
+
+
+# When TLS ends on an AWS network load balancer (aws-ec2, eks): ELB docs, "Security policies", the
+# recommended TLS policy (TLS 1.3 and 1.2).
+NLB_TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+
+def private_clients_only(client_cidrs: Iterable[str]) -> bool:
+    """True when only private networks may connect: an internet-facing load balancer would serve nobody else."""
+    return all(ipaddress.ip_network(cidr).is_private for cidr in client_cidrs)
+
+
+def lb_replicas(fleet: FleetPlan) -> int:
+    """Nginx instances (EC2 hosts, Kubernetes pods): two in two zones when any deployment asks n+1."""
+    return 2 if any(d.deployment.slo.redundancy == "n+1" for d in fleet.deployments) else 1
 
 
 def model_table(routes: Iterable[Route]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
 from infra.render.dashboards import render_dashboards
 from infra.render.ec2_hosts import render_ec2_hosts
+from infra.render.k8s_lb import render_k8s_lb
 from infra.render.k8s_workloads import render_k8s_workloads
 from infra.render.mtail import render_mtail
 from infra.render.nginx import render_nginx
@@ -37,6 +38,7 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     artifacts.extend(render_cloudinit(plan))
     artifacts.extend(render_ec2_hosts(plan))
     artifacts.extend(render_k8s_workloads(plan))
+    artifacts.extend(render_k8s_lb(plan))
     artifacts.extend(render_prometheus_rules(plan))
     artifacts.extend(render_prometheus_config(plan))
     artifacts.extend(render_mtail(plan))

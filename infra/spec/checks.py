@@ -30,6 +30,9 @@ TP_DEGREES = (1, 2, 4, 8)  # GPU counts of the instance and server types in the 
 EC2_READABLE_SECRETS = ("aws-secrets-manager", "aws-ssm-parameter")
 # Ansible resolves on-prem secrets on the machine that runs it (infra/render/ansible.py secret_expression).
 ONPREM_READABLE_SECRETS = ("ansible-vault", "env")
+# On eks, `pulumi up` reads every secret on the deploying machine and writes it into a Kubernetes Secret
+# (infra/provision/k8s.py SECRET_READERS).
+EKS_READABLE_SECRETS = ("aws-secrets-manager", "aws-ssm-parameter", "pulumi-config")
 TP_ARG_NAMES = ("tensor-parallel-size", "tensor_parallel_size", "tp")
 UNPINNED_REVISIONS = {"main", "master", "head"}
 
@@ -203,6 +206,7 @@ def _check_target(
                                 "AWS targets are priced from the catalog (and pricing.instancePrices)",
                                 at_key=True)
     yield from _check_ec2_secrets(spec, locator)
+    yield from _check_eks_secrets(spec, locator)
     yield from _check_eks(spec, locator)
     yield from _check_reservations(spec, locator)
     if spec.network.tls.source == "acm" and not cloud:
@@ -224,6 +228,16 @@ def _check_ec2_secrets(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]
                                 f"use {' or '.join(EC2_READABLE_SECRETS)}")
 
 
+def _check_eks_secrets(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
+    if spec.target != "eks":
+        return
+    for path, ref in _secret_refs(spec):
+        if ref.source not in EKS_READABLE_SECRETS:
+            yield locator.issue((*path, "source"), f"`pulumi up` cannot read secrets from {ref.source} for eks",
+                                f"use {', '.join(EKS_READABLE_SECRETS[:-1])} or {EKS_READABLE_SECRETS[-1]} "
+                                "(`pulumi config set --secret`)")
+
+
 def _check_reservations(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
     """A capacity reservation is an AWS one, in a zone the fleet's subnets cover."""
     zones = spec.zones or ([f"{spec.region}a", f"{spec.region}b"] if spec.region else [])
@@ -240,9 +254,17 @@ def _check_reservations(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue
                                 "reservation in one of them")
 
 
+# On eks TLS ends on the NLB of the LB's LoadBalancer Service (infra/render/k8s_lb.py), or nowhere.
+EKS_TLS_SOURCES = ("acm", "none")
+
+
 def _check_eks(spec: StackSpec, locator: Locator) -> Iterator[SpecIssue]:
     if spec.eks is not None and spec.target != "eks":
         yield locator.issue(("eks",), "only the eks target uses eks settings", at_key=True)
+    if spec.target == "eks" and spec.network.tls.source not in EKS_TLS_SOURCES:
+        yield locator.issue(("network", "tls", "source"),
+                            f"on eks, TLS ends on the network load balancer, not in Nginx ({spec.network.tls.source})",
+                            "use source: acm with the certificate's arn (or none inside a private network)")
     kubeconfig = spec.eks.existing_kubeconfig if spec.eks else None
     if kubeconfig is not None and kubeconfig.source != "pulumi-config":
         yield locator.issue(("eks", "existingKubeconfig", "source"),

@@ -18,6 +18,10 @@ from infra.render.ec2_hosts import BOOT_MODULES
 AGENT = Path(layout.__file__).resolve().parent
 HOST_LIBRARIES = {"boto3", "botocore", "yaml"}  # python3-boto3 (with botocore) and python3-yaml
 SOURCES = sorted(AGENT.glob("*.py"))
+# The eks LB pod's writer runs on the LB image's python3 alone (no boto3, no PyYAML): these modules, and
+# nothing else of the package, are what it imports.
+STDLIB_ONLY = ("files.py", "formats.py", "endpoints.py")
+ENDPOINTS_MODULES = ["__init__.py", *STDLIB_ONLY]
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -38,6 +42,13 @@ def test_the_agent_imports_only_what_a_debian_host_has(path: Path) -> None:
     assert not foreign, f"{path.name} imports {foreign}: the hosts have only {sorted(HOST_LIBRARIES)}"
 
 
+@pytest.mark.parametrize("name", STDLIB_ONLY)
+def test_the_lb_pod_modules_import_only_the_standard_library(name: str) -> None:
+    foreign = [(line, module) for line, module in imported_modules(AGENT / name)
+               if module not in sys.stdlib_module_names]
+    assert not foreign, f"{name} imports {foreign}: the LB image has python3 and nothing else"
+
+
 def test_the_import_check_sees_a_foreign_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import json\nfrom infra.hostagent import layout\nfrom . import formats\nimport requests\n")
@@ -56,7 +67,7 @@ def run_copied(tmp_path: Path, modules: list[str], *args: str) -> subprocess.Com
                           text=True, check=False, timeout=60)
 
 
-@pytest.mark.parametrize("program", ["hostagent.discover", "hostagent.sync"])
+@pytest.mark.parametrize("program", ["hostagent.discover", "hostagent.sync", "hostagent.endpoints"])
 def test_the_package_runs_copied_alone(tmp_path: Path, program: str) -> None:
     result = run_copied(tmp_path, [p.name for p in SOURCES], program, "--help")
     assert result.returncode == 0, result.stderr
@@ -69,3 +80,11 @@ def test_sync_runs_with_only_the_modules_cloud_init_ships(tmp_path: Path) -> Non
                         str(tmp_path / "absent.json"))
     assert result.returncode == 2, result.stderr  # ran as far as reading its config: every import resolved
     assert "host config" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_endpoints_writer_runs_with_only_its_modules(tmp_path: Path) -> None:
+    """What the eks LB pod mounts: the writer, the formats it writes and the files module, nothing else."""
+    result = run_copied(tmp_path, ENDPOINTS_MODULES, "hostagent.endpoints", "--config",
+                        str(tmp_path / "absent.json"), "--once")
+    assert result.returncode == 2, result.stderr  # ran as far as reading its config: every import resolved
+    assert result.stderr.startswith("endpoints: config ") and "Traceback" not in result.stderr

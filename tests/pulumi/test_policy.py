@@ -266,6 +266,15 @@ def test_known_taggable_type_without_tags_input_is_a_violation() -> None:
     assert "gpufleet:stack, gpufleet:owner" in message
 
 
+@pytest.mark.parametrize("typ", ["aws:iam/role:Role", "aws:eks/addon:Addon",
+                                 "aws:eks/podIdentityAssociation:PodIdentityAssociation", "aws:kms/key:Key"])
+def test_eks_platform_resources_must_be_tagged(typ: str) -> None:
+    """The eks target's roles, add-ons, Pod Identity associations and KMS key carry the cost tags too: an
+    untagged one is a violation even when the program passed no tags input at all."""
+    assert len(messages(check_cost_tags, view(typ, {}))) == 1
+    assert messages(check_cost_tags, view(typ, {"tags": COST_TAGS})) == []
+
+
 def test_autoscaling_group_tags_are_a_list() -> None:
     tags = [{"key": k, "value": v, "propagateAtLaunch": True} for k, v in COST_TAGS.items()]
     assert messages(check_cost_tags, view(AUTOSCALING_GROUP, {"tags": tags})) == []

@@ -19,6 +19,7 @@ from tests.pulumi.mocks import RecordingMocks, run_program
 from tests.pulumi.stacks import edited_project
 from tests.pulumi.test_aws_ec2 import AwsMocks, capacity_block_dev
 from tests.pulumi.test_images import REGISTRY, RegistryMocks, fake_digest
+from tests.pulumi.test_k8s_objects import NLB_HOSTNAME, SecretStoreMocks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,17 +96,44 @@ def test_capacity_block_without_a_reservation_stops_before_any_resource(exports:
     assert not (tmp_path / "out").exists()
 
 
-def test_eks_is_refused_until_it_is_provisioned(exports: dict[str, Any], tmp_path: Path) -> None:
-    """Plan and render run (their exports are set), then the program stops with a message instead of
-    reporting success with no resource."""
-    mocks = RecordingMocks()
+class EksProgramMocks(SecretStoreMocks, RegistryMocks):
+    """The cluster, secret store and LoadBalancer status of test_k8s_objects, and the registry of test_images."""
+
+
+def test_eks_program_builds_both_images_applies_the_render_and_exports(exports: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    mocks = EksProgramMocks()
     pulumi.runtime.set_mocks(mocks, project="gpufleet", stack="prod", preview=False)
-    with pytest.raises(pulumi.RunError, match="cannot provision target 'eks' yet"):
-        run_program(lambda: program.run("prod", render_dir=str(tmp_path)))
+    run_program(lambda: program.run("prod", render_dir=str(tmp_path / "prod")))
     assert exports["target"] == "eks"
-    assert exports["plan"]["deployments"]
-    assert mocks.resources == []
-    assert not any(tmp_path.iterdir()), "nothing is written for a target that is not provisioned"
+    assert run_output(exports["endpoint"]) == "https://llm.acme.example/v1"  # the stack's domain
+    assert run_output(exports["loadBalancerDnsName"]) == NLB_HOSTNAME
+    assert exports["dashboards"] == "http://localhost:3000/d/gpufleet-prod-fleet"
+    assert exports["dashboardsTunnel"] == program.GRAFANA_TUNNEL
+    assert "svc/kube-prometheus-stack-grafana" in program.GRAFANA_TUNNEL
+    # Both images are built, and each runs where it belongs.
+    refs = {image.name.removeprefix("prod-"): f"{REGISTRY}/gpufleet-prod-{image.name.removeprefix('prod-')}"
+                                                f"@{fake_digest(image.name)}"
+            for image in mocks.of_type("docker-build:index:Image")}
+    assert set(refs) == {"vllm", "lb"}
+    deployments = {r.inputs["metadata"]["name"]: r.inputs for r in mocks.of_type("kubernetes:apps/v1:Deployment")}
+    images = {name: {c["name"]: c["image"] for c in d["spec"]["template"]["spec"]["containers"]}
+              for name, d in deployments.items()}
+    assert images["gpufleet-vllm-chat-70b"]["vllm"] == refs["vllm"]
+    assert set(images["gpufleet-lb"].values()) == {refs["lb"]}
+    # The render the program applied is the one it wrote.
+    assert (tmp_path / "prod" / "k8s" / "lb" / "loadbalancer.yaml").is_file()
+
+
+def test_endpoint_without_a_domain_is_the_nlb(exports: dict[str, Any], tmp_path: Path) -> None:
+    project = edited_project(tmp_path, "prod", ("    domain: llm.acme.example\n", ""))
+    pulumi.runtime.set_mocks(EksProgramMocks(), project="gpufleet", stack="prod", preview=False)
+    run_program(lambda: program.run("prod", project, render_dir=str(tmp_path / "out")))
+    assert run_output(exports["endpoint"]) == f"https://{NLB_HOSTNAME}/v1"
+
+
+def test_load_balancer_hostname_is_none_until_aws_has_created_it() -> None:
+    assert program.load_balancer_hostname(None) is None
 
 
 def test_main_module_runs_the_program(exports: dict[str, Any], tmp_path: Path,

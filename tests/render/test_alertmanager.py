@@ -314,15 +314,19 @@ def test_inhibit_rules_name_alerts_that_exist() -> None:
 
 
 def test_secret_files_of_prod() -> None:
+    """prod is an eks stack: the files are where the Prometheus operator mounts the receivers' Secret."""
     files = secret_files(plan_for("prod").spec)
+    mounted = "/etc/alertmanager/secrets/gpufleet-alertmanager-receivers"
     assert files == [
-        ("/etc/gpufleet/alertmanager/secrets/oncall-routing-key",
+        (f"{mounted}/oncall-routing-key",
          SecretRef(source="aws-secrets-manager", name="gpufleet/prod/pagerduty-routing-key")),
-        ("/etc/gpufleet/alertmanager/secrets/ml-platform-api-url",
+        (f"{mounted}/ml-platform-api-url",
          SecretRef(source="aws-secrets-manager", name="gpufleet/prod/slack-webhook-url")),
-        ("/etc/gpufleet/alertmanager/secrets/support-team-api-url",
+        (f"{mounted}/support-team-api-url",
          SecretRef(source="aws-secrets-manager", name="gpufleet/prod/slack-webhook-url-support")),
     ]
+    onprem = secret_files(plan_for("onprem-a800").spec)
+    assert onprem and all(path.startswith("/etc/gpufleet/alertmanager/secrets/") for path, _ in onprem)
     assert secret_files(plan_for("dev").spec) == []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ import yaml
 from infra.plan.optimize import DeploymentPlan, FleetPlan, plan_stack
 from infra.provision.aws import eks
 from infra.render.artifacts import Artifact
+from infra.render.hostlayout import VLLM_UID
 from infra.render.k8s_workloads import (
     API_KEY_SECRET,
     API_KEY_SECRET_KEY,
+    AWS_CLI_IMAGE,
     GPU_RESOURCE,
     NAMESPACE_PATH,
     PROMETHEUS_URL,
+    WEIGHTS_CONTAINER,
     WORKLOADS_DIR,
     render_k8s_workloads,
     workload_name,
@@ -40,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EKS_STACK = "prod"
 OTHER_STACKS = ["dev", "staging", "onprem-a800"]
 K8S_VERSION = "1.33.0"
-KINDS = ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "ScaledObject"]
+KINDS = ["ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "ScaledObject"]
 
 
 @cache
@@ -268,8 +272,11 @@ def test_probes_budget_is_the_start_timeout(deployment: str) -> None:
 def test_rollout_never_drops_capacity(deployment: str) -> None:
     spec = objects(deployment)["Deployment"]["spec"]
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    # KEDA's HPA owns the count: a rendered count would be re-applied by every `pulumi up`. The floor is the
+    # plan's replicas, in the ScaledObject.
+    assert "replicas" not in spec
     chosen = by_name(deployment).chosen
-    assert chosen is not None and spec["replicas"] == chosen.replicas
+    assert chosen is not None and objects(deployment)["ScaledObject"]["spec"]["minReplicaCount"] == chosen.replicas
     pdb = objects(deployment)["PodDisruptionBudget"]["spec"]
     assert pdb["maxUnavailable"] == 1 and pdb["selector"] == spec["selector"]
 
@@ -349,3 +356,50 @@ def test_startup_budget_grows_with_the_model() -> None:
     thresholds = [vllm_container(p.deployment.name)["startupProbe"]["failureThreshold"] for p in by_weights]
     assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
     assert thresholds[-1] == math.ceil(start_timeout_s(by_weights[-1]) / 10)
+
+
+@pytest.mark.parametrize("deployment", names())
+def test_pods_run_as_their_deployments_service_account(deployment: str) -> None:
+    """EKS Pod Identity associates an IAM role with (namespace, service account): one account per deployment
+    gives each deployment's pods exactly its own weights; none of them talks to the Kubernetes API."""
+    account = objects(deployment)["ServiceAccount"]
+    spec = pod(deployment)["spec"]
+    assert spec["serviceAccountName"] == account["metadata"]["name"] == workload_name(deployment)
+    assert account["metadata"]["namespace"] == K8S_NAMESPACE
+    assert account["automountServiceAccountToken"] is False and spec["automountServiceAccountToken"] is False
+
+
+def _cache_script(deployment: str) -> str:
+    (init,) = pod(deployment)["spec"]["initContainers"]
+    assert init["name"] == WEIGHTS_CONTAINER and init["image"] == AWS_CLI_IMAGE
+    assert init["command"][:2] == ["sh", "-c"]
+    assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
+    return str(init["command"][2])
+
+
+def test_model_cache_is_prepared_and_s3_weights_synced_before_vllm() -> None:
+    """support's profile has S3 weights (and adapters): the init container syncs each into the path vLLM is
+    given, checks the checkpoint's marker file, and hands the cache to the image's user; chat-70b's weights
+    come from the Hub, so only the cache directory is prepared."""
+    script = _cache_script("support")
+    profile = by_name("support").profile
+    model = vllm_container("support")["args"][0]
+    assert f"aws s3 sync {profile.weights.uri} {model} " in script  # type: ignore[union-attr]
+    assert f"[ -f {model}/config.json ]" in script
+    assert script.rstrip().endswith(f"chown -R {VLLM_UID}:{VLLM_UID} /models")
+    hub = _cache_script("chat-70b")
+    assert "aws s3" not in hub and "mkdir -p /models/huggingface" in hub
+
+
+def test_model_cache_script_runs_in_a_shell(tmp_path: Path) -> None:
+    """The script is valid sh: `sh -n` parses it (the AWS CLI image's shell is bash as sh)."""
+    for deployment in names():
+        script = tmp_path / f"{deployment}.sh"
+        script.write_text(_cache_script(deployment))
+        subprocess.run(["sh", "-n", str(script)], check=True)
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_vllm_uid_is_the_images_user() -> None:
+    dockerfile = (ROOT / "images" / "vllm" / "Dockerfile").read_text()
+    assert f"ARG VLLM_UID={VLLM_UID}\n" in dockerfile and f"ARG VLLM_GID={VLLM_UID}\n" in dockerfile

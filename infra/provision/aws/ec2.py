@@ -45,10 +45,15 @@ from infra.spec.profile import S3Weights
 from infra.spec.secrets import SecretRef
 
 
+def deployment_weights_uris(plan: DeploymentPlan) -> list[str]:
+    """The S3 locations of one deployment's weights and LoRA adapters."""
+    sources = (plan.profile.weights, *(a.weights for a in plan.profile.lora_adapters))
+    return sorted({w.uri for w in sources if isinstance(w, S3Weights)})
+
+
 def weights_uris(fleet: FleetPlan) -> list[str]:
     """The S3 locations of every deployed model's weights and LoRA adapters (the hosts' read grant)."""
-    sources = [w for d in fleet.deployments for w in (d.profile.weights, *(a.weights for a in d.profile.lora_adapters))]
-    return sorted({w.uri for w in sources if isinstance(w, S3Weights)})
+    return sorted({uri for d in fleet.deployments for uri in deployment_weights_uris(d)})
 
 
 def _user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str) -> str:

@@ -22,7 +22,6 @@ behind it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 import pulumi
@@ -33,26 +32,17 @@ from infra.plan.optimize import FleetPlan
 from infra.provision.aws.hosts import LB_INSTANCE_TYPE, LB_ROOT_GIB, host_launch_template
 from infra.provision.aws.network import Network
 from infra.provision.aws.security import HTTP, listeners
-from infra.render.nginx import read_timeout_s
+from infra.render.nginx import NLB_TLS_POLICY, lb_replicas, private_clients_only, read_timeout_s
 
-TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"  # ELB docs, "Security policies": the recommended TLS policy
+TLS_POLICY = NLB_TLS_POLICY
 TLS_IDLE_TIMEOUT_S = 350
 TCP_IDLE_TIMEOUT_RANGE = (60, 6000)
 DEREGISTRATION_DELAY_MAX_S = 3600  # the target group attribute's upper bound
 BOOT_GRACE_S = 600  # Debian boot, apt, ansible-core in a venv, the first converge: minutes, not seconds
 
 
-def is_internal(client_cidrs: list[str]) -> bool:
-    """True when only private networks may connect: an internet-facing NLB would serve nobody else."""
-    return all(ipaddress.ip_network(cidr).is_private for cidr in client_cidrs)
-
-
 def longest_generation_s(fleet: FleetPlan) -> int:
     return max(read_timeout_s(d) for d in fleet.deployments)
-
-
-def lb_hosts(fleet: FleetPlan) -> int:
-    return 2 if any(d.deployment.slo.redundancy == "n+1" for d in fleet.deployments) else 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +64,7 @@ class LoadBalancerTier(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         spec = args.fleet.spec
         tls = spec.network.tls
-        internal = is_internal(list(spec.network.allowed_client_cidrs))
+        internal = private_clients_only(spec.network.allowed_client_cidrs)
         network = args.network
         self.nlb = aws.lb.LoadBalancer(
             name, load_balancer_type="network", internal=internal,
@@ -109,7 +99,7 @@ class LoadBalancerTier(pulumi.ComponentResource):
             f"{name}-hosts", parent=self, instance_type=LB_INSTANCE_TYPE, user_data=args.user_data,
             profile_arn=args.profile_arn, security_group_id=args.host_security_group, root_gib=LB_ROOT_GIB,
             tags=host_tags)
-        hosts = lb_hosts(args.fleet)
+        hosts = lb_replicas(args.fleet)
         self.group = aws.autoscaling.Group(
             f"{name}-hosts",
             min_size=hosts, max_size=hosts, desired_capacity=hosts,

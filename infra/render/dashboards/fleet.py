@@ -100,8 +100,12 @@ def _cost() -> Row:
     ])
 
 
+def fleet_uid(stack: str) -> str:
+    return f"gpufleet-{stack}-fleet"
+
+
 def fleet_board(stack: str) -> Board:
-    return Board(uid=f"gpufleet-{stack}-fleet", title=f"gpufleet {stack} / Fleet overview",
+    return Board(uid=fleet_uid(stack), title=f"gpufleet {stack} / Fleet overview",
                  description=f"Every deployment of the {stack} stack: load, latency against the SLO, errors, "
                              "replicas and cost, from the gpufleet recording rules.",
                  tags=["gpufleet", stack], rows=[_now(), _load(), _cost()])
