@@ -119,6 +119,8 @@ def _eks(fleet: FleetPlan, artifacts: list[Artifact], project: Project, render_d
     pulumi.export("endpoint", f"{scheme}://{domain}/v1" if domain else
                   hostname.apply(lambda h: f"{scheme}://{h}/v1" if h else None))
     pulumi.export("loadBalancerDnsName", hostname)
+    if platform.cluster is not None:  # `aws eks update-kubeconfig --name` (Pulumi suffixes the name)
+        pulumi.export("clusterName", platform.cluster.name)
     # The chart's dashboard sidecar files the rendered dashboards under General: link the fleet overview.
     pulumi.export("dashboards", f"http://localhost:3000/d/{fleet_uid(fleet.stack)}")
     pulumi.export("dashboardsTunnel", GRAFANA_TUNNEL)

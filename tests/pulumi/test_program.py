@@ -110,6 +110,8 @@ def test_eks_program_builds_both_images_applies_the_render_and_exports(exports: 
     assert run_output(exports["loadBalancerDnsName"]) == NLB_HOSTNAME
     assert exports["dashboards"] == "http://localhost:3000/d/gpufleet-prod-fleet"
     assert exports["dashboardsTunnel"] == program.GRAFANA_TUNNEL
+    (cluster,) = mocks.of_type("aws:eks/cluster:Cluster")
+    assert run_output(exports["clusterName"]) == cluster.inputs.get("name", cluster.name)
     assert "svc/kube-prometheus-stack-grafana" in program.GRAFANA_TUNNEL
     # Both images are built, and each runs where it belongs.
     refs = {image.name.removeprefix("prod-"): f"{REGISTRY}/gpufleet-prod-{image.name.removeprefix('prod-')}"
