@@ -162,10 +162,22 @@ def _ingress_rule(props: Mapping[str, Any]) -> Iterator[Ingress]:
     yield Ingress("rule", str(props.get("ipProtocol")), props.get("fromPort"), props.get("toPort"), cidrs)
 
 
+def _load_balancer_service(props: Mapping[str, Any]) -> Iterator[Ingress]:
+    """A Kubernetes Service of type LoadBalancer (eks): the cloud provider opens each port to
+    ``loadBalancerSourceRanges``, or to everyone when there are none (Kubernetes API, ServiceSpec)."""
+    if lookup(props, "spec", "type") != "LoadBalancer":
+        return
+    cidrs = tuple(str(c) for c in sequence_of(lookup(props, "spec", "loadBalancerSourceRanges"))) or PUBLIC_CIDRS
+    for index, port in enumerate(sequence_of(lookup(props, "spec", "ports"))):
+        number = lookup(port, "port")
+        yield Ingress(f"spec.ports[{index}]", str(lookup(port, "protocol") or "TCP"), number, number, cidrs)
+
+
 INGRESS_SOURCES: dict[str, Callable[[Mapping[str, Any]], Iterator[Ingress]]] = {
     SECURITY_GROUP: _inline_ingress,
     SECURITY_GROUP_RULE: _security_group_rule,
     INGRESS_RULE: _ingress_rule,
+    "kubernetes:core/v1:Service": _load_balancer_service,
 }
 
 

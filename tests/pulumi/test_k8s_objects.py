@@ -17,6 +17,7 @@ import pytest
 from infra.plan.optimize import FleetPlan
 from infra.provision.aws.eks import ALERTMANAGER_SECRET, EksPlatform, gpu_node_groups, node_group_name
 from infra.provision.k8s import BUILDERS, KubernetesObjects, documents, key_hashes
+from infra.provision.policy import ResourceView, check_resources
 from infra.render.alertmanager import CONFIG_PATH as ALERTMANAGER_CONFIG
 from infra.render.alertmanager import K8S_RECEIVERS_SECRET, secret_files
 from infra.render.k8s_lb import KEY_HASHES_KEY, KEY_HASHES_SECRET, LB_IMAGE_CONTAINERS
@@ -207,3 +208,15 @@ def test_raising_replicas_max_changes_only_the_scaler_and_the_node_groups_ceilin
     }
     key = ("kubernetes:keda.sh/v1alpha1:ScaledObject", "prod-scaledobject-gpufleet-gpufleet-vllm-support")
     assert after_by[key]["spec"]["maxReplicaCount"] == 30
+
+
+def test_every_resource_passes_the_policy_pack(prod: tuple[FleetPlan, SecretStoreMocks]) -> None:
+    """The platform, the rendered objects (the LB's LoadBalancer Service is an ingress rule to the policy) and
+    the deploy-time Secrets."""
+    _, mocks = prod
+    assert check_resources([ResourceView(r.type, r.name, r.inputs) for r in mocks.resources]) == []
+    (service,) = [r for r in mocks.resources if r.type == "kubernetes:core/v1:Service"
+                  and r.inputs["spec"]["type"] == "LoadBalancer"]
+    opened = {**service.inputs, "spec": {**service.inputs["spec"], "loadBalancerSourceRanges": []}}
+    opened["spec"]["ports"] = [*opened["spec"]["ports"], {"name": "metrics", "port": 9113, "protocol": "TCP"}]
+    assert len(check_resources([ResourceView(service.type, service.name, opened)])) == 1

@@ -232,6 +232,31 @@ def test_volume(encrypted: bool | None, violations: int) -> None:
     assert len(messages(check_ebs_encrypted, view(VOLUME, props))) == violations
 
 
+def _service(ports: list[int], ranges: list[str] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "LoadBalancer", "ports": [{"port": p, "protocol": "TCP"} for p in ports]}
+    if ranges is not None:
+        spec["loadBalancerSourceRanges"] = ranges
+    return {"spec": spec}
+
+
+@pytest.mark.parametrize(("ports", "ranges", "violations"), [
+    ([443], ["10.0.0.0/8"], 0),
+    ([443, 80], None, 0),  # no ranges: open to everyone, on the load balancer's ports only
+    ([443, 8000], None, 1),
+    ([8000], ["0.0.0.0/0"], 1),
+    ([8000], ["10.0.0.0/8"], 0),
+])
+def test_kubernetes_load_balancer_service(ports: list[int], ranges: list[str] | None, violations: int) -> None:
+    found = messages(check_public_ingress, view("kubernetes:core/v1:Service", _service(ports, ranges)))
+    assert len(found) == violations
+    assert all("spec.ports[1]" in m or "spec.ports[0]" in m for m in found)
+
+
+def test_cluster_internal_services_are_not_ingress() -> None:
+    internal = {"spec": {"type": "ClusterIP", "ports": [{"port": 8000, "protocol": "TCP"}]}}
+    assert messages(check_public_ingress, view("kubernetes:core/v1:Service", internal)) == []
+
+
 # ------------------------------------------------------------------ cost-tags
 
 
