@@ -1,5 +1,5 @@
 # The README's two commands:
-#   make example   validate, plan and render every example stack into out/ (later also report) — no cloud needed
+#   make example   validate, plan, render and report every example stack into out/ — no cloud needed
 #   make test      install what the tests need, then lint, type-check and run the tests
 # .ci/run calls `make test`.
 
@@ -24,6 +24,7 @@ example: $(STAMP)
 	$(BIN)/gpufleet validate --all
 	$(BIN)/gpufleet plan --all
 	for stack in $(STACKS); do $(BIN)/gpufleet render -s $$stack -o out/$$stack || exit 1; done
+	for stack in $(STACKS); do $(BIN)/gpufleet report -s $$stack -o out/reports/$$stack || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check infra tests scripts benchmarks policy

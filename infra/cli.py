@@ -28,6 +28,8 @@ from infra.plan.serialize import fleet_json
 from infra.plan.show import print_plan
 from infra.render.artifacts import MANIFEST, write_artifacts
 from infra.render.stack import NotRenderable, render_fleet
+from infra.report.cli import report_command
+from infra.report.diff_cli import diff_command
 from infra.spec.checks import resolve_architecture
 from infra.spec.issues import SpecError, SpecIssue
 from infra.spec.jsonschema import stale_schemas, write_schemas
@@ -297,6 +299,8 @@ def _override_precision(
 app.command("bench")(bench_command)
 app.command("emulate")(emulate_command)
 app.command("calibrate")(calibrate_command)
+app.command("report")(report_command)
+app.command("diff")(diff_command)
 
 
 def main() -> None:

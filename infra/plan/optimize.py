@@ -195,6 +195,30 @@ def replica_configs(
     return out
 
 
+def replicas_needed(deployment: Deployment, peak_qps: float, qps_per_replica: float) -> int:
+    """Replicas that carry ``peak_qps`` at ``qps_per_replica`` each, plus the n+1 spare, within replicas.min."""
+    needed = math.ceil(peak_qps / qps_per_replica - 1e-9)
+    spare = 1 if deployment.slo.redundancy == "n+1" else 0
+    return max(deployment.replicas.min, needed + spare)
+
+
+def fleet_cost(config: ReplicaConfig, machine: Machine, replicas: int) -> tuple[int, float]:
+    """Machines to rent and their $/hour. Owned servers are shared by deployments GPU by GPU, so a
+    deployment pays for the GPUs it uses; rented instances are paid whole."""
+    per_machine = machine.instance.gpu_count // config.tp
+    machines = math.ceil(replicas / per_machine)
+    if machine.price.market == "owned":
+        gpus = replicas * config.tp
+        return machines, gpus / machine.instance.gpu_count * machine.price.hourly_usd
+    return machines, machines * machine.price.hourly_usd
+
+
+def deployment_traffic(deployment: Deployment, profile: ModelProfile, arch: Architecture) -> Traffic:
+    """The request lengths the planner simulates for a deployment (capped at the served context)."""
+    max_model_len = profile.max_model_len or arch.max_context
+    return Traffic.draw(deployment.traffic.input_tokens, deployment.traffic.output_tokens, max_model_len)
+
+
 class _Planner:
     def __init__(self, loaded: LoadedStack, deployment: Deployment, catalog: Catalog) -> None:
         self.spec = loaded.spec
@@ -205,9 +229,7 @@ class _Planner:
         assert arch is not None
         self.arch = arch
         self.max_model_len = self.profile.max_model_len or arch.max_context
-        self.traffic = Traffic.draw(
-            deployment.traffic.input_tokens, deployment.traffic.output_tokens, self.max_model_len
-        )
+        self.traffic = deployment_traffic(deployment, self.profile, arch)
         self.plan = DeploymentPlan(deployment, self.profile)
         self.capacities: dict[ReplicaConfig, Capacity] = {}
         self.calibration = loaded.calibration
@@ -218,20 +240,10 @@ class _Planner:
 
     # -- replicas and cost --------------------------------------------------------------------------
     def replicas_for(self, qps_per_replica: float) -> int:
-        d = self.deployment
-        needed = math.ceil(d.traffic.peak_qps / qps_per_replica - 1e-9)
-        spare = 1 if d.slo.redundancy == "n+1" else 0
-        return max(d.replicas.min, needed + spare)
+        return replicas_needed(self.deployment, self.deployment.traffic.peak_qps, qps_per_replica)
 
     def cost(self, config: ReplicaConfig, machine: Machine, replicas: int) -> tuple[int, float]:
-        """Machines to rent and their $/hour. Owned servers are shared by deployments GPU by GPU, so a
-        deployment pays for the GPUs it uses; rented instances are paid whole."""
-        per_machine = machine.instance.gpu_count // config.tp
-        machines = math.ceil(replicas / per_machine)
-        if machine.price.market == "owned":
-            gpus = replicas * config.tp
-            return machines, gpus / machine.instance.gpu_count * machine.price.hourly_usd
-        return machines, machines * machine.price.hourly_usd
+        return fleet_cost(config, machine, replicas)
 
     def fill(self, config: ReplicaConfig, machine: Machine, replicas: int) -> int:
         """On rented instances, GPUs left over are paid anyway: run replicas on them (up to replicas.max)."""
@@ -435,6 +447,12 @@ def _prefill_seconds(replica: Replica, tokens: int) -> float:
 
 def _decode_seconds(replica: Replica, seqs: int, context: int) -> float:
     return replica.step.step_seconds(decode_batch(seqs, context))
+
+
+def plan_deployment(loaded: LoadedStack, deployment: Deployment) -> DeploymentPlan:
+    """One deployment planned under ``loaded``'s spec (its target, pricing, machines): what-ifs plan a
+    deployment of one stack under another's terms."""
+    return _Planner(loaded, deployment, load_catalog()).run()
 
 
 def plan_stack(loaded: LoadedStack) -> FleetPlan:
