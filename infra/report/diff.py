@@ -74,6 +74,11 @@ REPLACEMENT = {
     "onprem": "the replicas move to other GPU servers",
 }
 COLD_START = "every replica cold-starts (weights downloaded and loaded again)"
+NOT_PROGRAM_INPUTS = ("stacks/", "tests/", "benchmarks/", "scripts/", "schemas/", "docs/", ".github/", ".ci/")
+"""Project folders the Pulumi program does not read (stacks/ is compared as plans and renders). A changed
+file anywhere else (infra/, templates/, ansible/, images/, policy/, Pulumi.yaml, pyproject.toml, ...) can
+change what ``pulumi up`` does to every stack, which this diff cannot show: both sides run today's code."""
+NOT_PROGRAM_FILES = frozenset({"Makefile", ".gitignore", ".yamllint.yaml", ".ansible-lint", "LICENSE"})
 
 
 # -- the two sides ------------------------------------------------------------------------------------
@@ -278,10 +283,23 @@ class BaseRef:
 
 
 @dataclass(frozen=True)
+class BaseCode:
+    """Which gpufleet planned and rendered the base side."""
+
+    own: bool
+    """True: the base's own code (its templates, catalog and model); False: the working tree's."""
+    why_not: str = ""
+    """Why the base's own code was not used (when ``own`` is False)."""
+
+
+@dataclass(frozen=True)
 class DiffReport:
     base: BaseRef
     stacks: tuple[StackDiff, ...]
     max_increase_percent: float | None = None
+    changed_paths: tuple[str, ...] = ()
+    """Project files that differ between the base and the working tree (relative to the project root)."""
+    base_code: BaseCode = BaseCode(own=False, why_not="not given")
 
     def known(self) -> list[StackDiff]:
         """Stacks whose cost is known on both sides (a base that does not validate has none)."""
@@ -307,6 +325,27 @@ class DiffReport:
     @property
     def changed(self) -> bool:
         return any(s.status != "unchanged" for s in self.stacks)
+
+    @property
+    def code_paths(self) -> tuple[str, ...]:
+        """Changed files the Pulumi program reads besides the stacks (see :data:`NOT_PROGRAM_INPUTS`)."""
+        return tuple(p for p in self.changed_paths if is_program_input(p))
+
+    def preview_stacks(self) -> list[StackDiff]:
+        """The stacks whose ``pulumi preview`` (or ``up``) can differ: changed ones, every one when code changed.
+
+        Left out: stacks deleted in the working tree (nothing to preview) and blocked ones (the program stops
+        with the same message the comment shows).
+        """
+        return [
+            s
+            for s in self.stacks
+            if s.after.status == "ok" and (s.status != "unchanged" or self.code_paths)
+        ]
+
+
+def is_program_input(path: str) -> bool:
+    return not path.startswith(NOT_PROGRAM_INPUTS) and path not in NOT_PROGRAM_FILES and not path.endswith(".md")
 
 
 # -- comparing ------------------------------------------------------------------------------------------
@@ -458,7 +497,8 @@ def summary_json(report: DiffReport) -> dict[str, Any]:
     risks = [*report.risks, *(r for s in report.stacks for r in s.risks)]
     return {
         "format": "gpufleet-diff/1",
-        "base": {"ref": report.base.ref, "commit": report.base.commit},
+        "base": {"ref": report.base.ref, "commit": report.base.commit, "own_code": report.base_code.own,
+                 "why_not_own_code": report.base_code.why_not or None},
         "changed": report.changed,
         "stacks": {s.name: stack_json(s) for s in report.stacks},
         "total": {
@@ -473,6 +513,9 @@ def summary_json(report: DiffReport) -> dict[str, Any]:
             "max_increase_percent": report.max_increase_percent,
             "exceeds_max_increase": any(r.kind == "cost-increase" for r in risks),
         },
+        "code_paths": list(report.code_paths),
+        # The workflows' matrix: one Pulumi preview (pull requests) or up (main) per entry.
+        "preview": [{"stack": s.name, "target": s.target} for s in report.preview_stacks()],
     }
 
 
@@ -555,8 +598,9 @@ def _headline(report: DiffReport) -> str:
 
 def _overview(report: DiffReport) -> list[str]:
     names = ", ".join(f"`{s.name}`" for s in report.stacks) or "none"
+    code = _code_note(report)
     if not report.changed:
-        return [f"**No changes**: the stacks ({names}) plan and render the same on both sides.\n"]
+        return [f"**No changes**: the stacks ({names}) plan and render the same on both sides.\n", *code]
     rows = [
         "| Stack | Change | $/month before | $/month after | Δ $/month | Δ % | Budget $/month | Warnings |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -580,7 +624,21 @@ def _overview(report: DiffReport) -> list[str]:
     unchanged = [f"`{s.name}`" for s in report.stacks if s.status == "unchanged"]
     if unchanged:
         out.append(f"Unchanged: {', '.join(unchanged)}.\n")
-    return out
+    return [*out, *code]
+
+
+def _code_note(report: DiffReport) -> list[str]:
+    paths = report.code_paths
+    if not paths:
+        return []
+    shown = ", ".join(f"`{p}`" for p in paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+    if report.base_code.own:
+        effect = ("its effect on the plans and the rendered files is in this diff; what it does to the resources "
+                  "is in the Pulumi previews, run for every stack.")
+    else:
+        effect = ("this diff ran the working tree's code on both sides, so it shows what the specs change; the "
+                  "Pulumi previews of every stack show what the code changes.")
+    return [f"🛠 **Code changed** ({shown}): {effect}\n"]
 
 
 def _status_cell(diff: StackDiff) -> str:
@@ -606,8 +664,8 @@ def stack_section(diff: StackDiff) -> list[Piece]:
 def _base_notes(diff: StackDiff) -> list[str]:
     before = diff.before
     if before.status == "invalid":
-        return ["The base's spec does not validate under the current gpufleet, so there is no plan to compare "
-                "against:\n\n```text\n" + "\n".join(before.errors) + "\n```\n"]
+        return ["The base's spec does not validate, so there is no plan to compare against:\n\n```text\n"
+                + "\n".join(before.errors) + "\n```\n"]
     if before.status == "infeasible":
         return ["At the base the plan was infeasible (nothing was rendered):\n\n"
                 + "".join(f"- {problem}\n" for problem in blocking(before))]
@@ -694,10 +752,18 @@ def _footer(report: DiffReport, limits: Limits, *, omitted: bool) -> str:
         note = (f" Diffs listed without their text were left out to keep the comment within {limits.chars:,} "
                 f"characters: `gpufleet diff --base {report.base.ref} --max-chars 10000000 -o diff.md` shows "
                 "them all.")
-    return ("---\n<sub>Both sides are planned and rendered by the current gpufleet code (its catalog, prices, "
-            f"capacity model and templates): the base's specs under today's model, so this diff shows what the spec "
-            f"change does, not what changed since `{report.base.ref}` was deployed. A file's diff shows at most "
-            f"{limits.diff_lines} lines.{note}</sub>\n")
+    return f"---\n<sub>{_planned_by(report)} A file's diff shows at most {limits.diff_lines} lines.{note}</sub>\n"
+
+
+def _planned_by(report: DiffReport) -> str:
+    ref = f"`{report.base.ref}`"
+    if report.base_code.own:
+        return (f"Each side is planned and rendered by its own gpufleet (code, catalog, prices, capacity model and "
+                f"templates): {ref} by the code at {ref}, the working tree by the working tree's, so this diff "
+                "shows what merging changes.")
+    return (f"Both sides are planned and rendered by the working tree's gpufleet ({report.base_code.why_not}): "
+            f"the base's specs under today's code, so this diff shows what the spec change does, not what changed "
+            f"since {ref}.")
 
 
 def diff_block(diff: ArtifactDiff, max_lines: int) -> str:

@@ -1,8 +1,10 @@
 """``gpufleet diff --base REF``: the typer command (registered in infra/cli.py) and what it reads.
 
 The base side is the project's folder at REF, extracted with ``git archive`` into a temporary directory (no
-worktree: nothing is registered in the repository, so a failed run leaves nothing behind). Both sides are
-loaded, planned and rendered by this code, so the comparison isolates the spec change.
+worktree: nothing is registered in the repository, so a failed run leaves nothing behind). It is planned and
+rendered by the gpufleet it holds (infra/report/base_code.py), the working tree by this one, so the diff shows
+what merging changes, code included. A base without gpufleet code of its own, or whose code cannot run here,
+is planned by this code instead, and the comment says so.
 
 User errors exit 2 with ``error: ...`` lines: not a git repository, an unknown ref, an unknown ``-s`` stack,
 a working-tree spec that does not validate (the PR must fix it). Everything else (a base that does not
@@ -27,9 +29,11 @@ from infra.cli_common import fail, find_project
 from infra.plan.optimize import plan_stack
 from infra.plan.serialize import fleet_json
 from infra.render.stack import NotRenderable, render_fleet
+from infra.report.base_code import BaseCodeFailed, base_sides, has_own_code
 from infra.report.diff import (
     DEFAULT_DIFF_LINES,
     GITHUB_COMMENT_LIMIT,
+    BaseCode,
     BaseRef,
     DiffReport,
     Limits,
@@ -108,6 +112,21 @@ def materialise(checkout: Checkout, commit: str, into: Path) -> Project:
     return Project(root)
 
 
+def changed_paths(checkout: Checkout, commit: str) -> tuple[str, ...]:
+    """The project's files that differ between ``commit`` and the working tree, untracked ones included.
+
+    Relative to the project's folder. ``--no-renames``: a moved file counts at both its paths.
+    """
+    scope = ["--", checkout.prefix or "."]
+    tracked = _git(["diff", "--name-only", "--no-renames", commit, *scope], checkout.top)
+    untracked = _git(["ls-files", "--others", "--exclude-standard", "--full-name", *scope], checkout.top)
+    for done in (tracked, untracked):
+        if done.returncode != 0:
+            fail([f"error: --base: cannot list the files changed since {commit[:12]}: {_first_line(done.stderr)}"])
+    paths = {line for done in (tracked, untracked) for line in done.stdout.splitlines() if line}
+    return tuple(sorted(path.removeprefix(checkout.prefix) for path in paths))
+
+
 def snapshot(project: Project, stack: str) -> Side:
     """One side of one stack: loaded, planned and rendered, or why not."""
     if stack not in project.stack_names():
@@ -123,6 +142,22 @@ def snapshot(project: Project, stack: str) -> Side:
     except NotRenderable as exc:
         return Side("infeasible", plan, errors=(str(exc),))
     return Side("ok", plan, {a.path: a.content for a in artifacts})
+
+
+def base_snapshots(project: Project, stacks: list[str], scratch: Path) -> tuple[dict[str, Side], BaseCode]:
+    """The base's sides, planned and rendered by the base's own gpufleet when it has one that runs here."""
+    present = [name for name in stacks if name in project.stack_names()]
+    sides = {name: Side("absent") for name in stacks if name not in present}
+    if not present:
+        return sides, BaseCode(own=False, why_not="no stack at the base")
+    if not has_own_code(project.root):
+        why_not = "the base has no gpufleet code of its own"
+    else:
+        try:
+            return {**sides, **base_sides(project.root, present, scratch)}, BaseCode(own=True)
+        except BaseCodeFailed as exc:
+            why_not = f"the base's gpufleet could not be run here: {exc}"
+    return {**sides, **{name: snapshot(project, name) for name in present}}, BaseCode(own=False, why_not=why_not)
 
 
 def selected_stacks(requested: list[str] | None, work: Project, base: Project, ref: str) -> list[str]:
@@ -191,11 +226,13 @@ def diff_command(  # noqa: PLR0917 -- a typer command: one parameter per command
         base_project = materialise(checkout, commit, Path(tmp))
         stacks = selected_stacks(stack, project, base_project, base)
         after = working_tree_sides(project, stacks)
-        before = {name: snapshot(base_project, name) for name in stacks}
+        before, base_code = base_snapshots(base_project, stacks, Path(tmp))
     report = DiffReport(
         BaseRef(base, commit),
         tuple(compare_stack(name, before[name], after[name], max_increase_percent) for name in stacks),
         max_increase_percent,
+        changed_paths(checkout, commit),
+        base_code,
     )
     text = markdown(report, Limits(max_diff_lines, max_chars))
     if json_file is not None:

@@ -175,6 +175,23 @@ def test_identical_trees_report_no_changes(work: Path) -> None:
     assert outcome.summary["changed"] is False
     assert (dev["status"], dev["warnings"], dev["delta_usd"], dev["delta_percent"]) == ("unchanged", [], 0.0, 0.0)
     assert outcome.summary["base"]["commit"] == git(work, "rev-parse", "HEAD").strip()
+    assert (outcome.summary["preview"], outcome.summary["code_paths"]) == ([], [])  # nothing for Pulumi to preview
+
+
+def test_code_changes_preview_every_stack(work: Path) -> None:
+    """A file the Pulumi program reads changes what `pulumi up` does, which the spec diff cannot show."""
+    (work / "templates").mkdir()
+    (work / "templates" / "extra.j2").write_text("untracked\n")  # untracked files count
+    edit(work, "Pulumi.yaml", "name: gpufleet", "name: gpufleet  # edited")
+    (work / "NOTES.md").write_text("docs do not\n")
+    (work / "tests").mkdir()
+    (work / "tests" / "test_x.py").write_text("neither do tests\n")
+    outcome = run_diff(work)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.summary["code_paths"] == ["Pulumi.yaml", "templates/extra.j2"]
+    assert outcome.summary["preview"] == [{"stack": "dev", "target": "aws-ec2"}]
+    assert outcome.summary["stacks"]["dev"]["status"] == "unchanged"
+    assert "**Code changed** (`Pulumi.yaml`, `templates/extra.j2`)" in outcome.markdown
 
 
 def test_more_traffic_grows_replicas_and_costs_what_the_plans_say(work: Path) -> None:
@@ -197,6 +214,8 @@ def test_more_traffic_grows_replicas_and_costs_what_the_plans_say(work: Path) ->
     assert (dev["monthly_usd_before"], dev["monthly_usd_after"]) == (before_plan["monthly_usd"],
                                                                       after_plan["monthly_usd"])
     assert dev["delta_usd"] == delta
+    assert outcome.summary["preview"] == [{"stack": "dev", "target": "aws-ec2"}]
+    assert outcome.summary["code_paths"] == []
     assert dev["delta_percent"] == round(delta / before_plan["monthly_usd"] * 100, 1)
     assert dev["deployments"]["chat"]["after"]["usd_per_1m_output_tokens"] == new["usd_per_1m_output_tokens"]
     assert outcome.summary["total"]["delta_usd"] == delta
@@ -270,6 +289,7 @@ def test_infeasible_plan_is_blocking_not_a_crash(work: Path) -> None:
     assert (dev["status"], dev["after"]) == ("blocked", "infeasible")
     assert "deployment 'chat': no option meets its SLO" in dev["blocking"][0]
     assert outcome.summary["total"]["blocking"] == ["dev"]
+    assert outcome.summary["preview"] == []  # the program would stop with the same message
     assert "⛔ **Blocking" in outcome.markdown and "not compared" in outcome.markdown
     assert plan_rows(outcome.markdown)["chat"]["GPU"].endswith("→ no feasible option")
 
@@ -324,7 +344,7 @@ def test_base_with_an_invalid_spec_is_reported(work: Path) -> None:
     assert (dev["before"], dev["after"], dev["monthly_usd_before"]) == ("invalid", "ok", None)
     assert any("unknown GPU 'H100-SMX'" in line for line in dev["base_errors"])
     assert outcome.summary["total"]["excluded"] == ["dev"]
-    assert "does not validate under the current gpufleet" in outcome.markdown
+    assert "The base's spec does not validate, so there is no plan to compare against" in outcome.markdown
     assert plan_rows(outcome.markdown)["chat"]["Change"] == "unknown"
 
 
@@ -348,6 +368,78 @@ def test_user_errors(work: Path, args: tuple[str, ...], message: str) -> None:
     result = CliRunner().invoke(app, ["diff", "-C", str(work), *args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+# -- a base with gpufleet code of its own ---------------------------------------------------------------------
+
+BASE_ONLY = "# rendered by the base's template\n"
+NGINX_TEMPLATE = "templates/nginx/nginx.conf.j2"
+
+
+@pytest.fixture(scope="module")
+def coded_origin(tmp_path_factory: pytest.TempPathFactory, origin: Path) -> Path:
+    """The base repository with this gpufleet's code, whose Nginx template has one line more than today's."""
+    root = tmp_path_factory.mktemp("coded")
+    shutil.copytree(origin, root, dirs_exist_ok=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("infra", "templates"):
+        shutil.copytree(REPO / folder, root / folder, ignore=skip)
+    (root / NGINX_TEMPLATE).write_text((REPO / NGINX_TEMPLATE).read_text() + BASE_ONLY)
+    commit(root, "gpufleet code")
+    return root
+
+
+@pytest.fixture
+def coded_work(coded_origin: Path, tmp_path: Path) -> Path:
+    """A clone of ``coded_origin`` whose working tree holds today's template (the code this test runs)."""
+    clone = tmp_path / "coded-work"
+    git(tmp_path, "clone", "-q", str(coded_origin), str(clone))
+    shutil.copy(REPO / NGINX_TEMPLATE, clone / NGINX_TEMPLATE)
+    return clone
+
+
+def test_the_base_is_rendered_by_its_own_code(coded_work: Path) -> None:
+    """A template change shows in the rendered files; the plan, the same code's, is unchanged."""
+    outcome = run_diff(coded_work, "-s", "dev")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.summary["base"]["own_code"] is True and outcome.summary["base"]["why_not_own_code"] is None
+    dev = outcome.summary["stacks"]["dev"]
+    assert dev["status"] == "changed" and dev["artifacts"]["modified"] == ["nginx/nginx.conf"]
+    assert dev["delta_usd"] == 0.0 and dev["warnings"] == []
+    assert f"\n-{BASE_ONLY}" in outcome.markdown
+    assert outcome.summary["code_paths"] == [NGINX_TEMPLATE]
+    assert outcome.summary["preview"] == [{"stack": "dev", "target": "aws-ec2"}]
+    assert "by the code at `HEAD`, the working tree by the working tree's" in outcome.markdown
+    assert "its effect on the plans and the rendered files is in this diff" in outcome.markdown
+
+
+def test_a_base_whose_code_cannot_run_is_planned_by_todays(coded_work: Path) -> None:
+    cli = coded_work / "infra" / "cli.py"
+    cli.write_text('raise RuntimeError("broken at the base")\n')
+    commit(coded_work, "broken CLI")
+    shutil.copy(REPO / "infra" / "cli.py", cli)
+    outcome = run_diff(coded_work, "-s", "dev")
+    assert outcome.exit_code == 0, outcome.stderr
+    why = outcome.summary["base"]["why_not_own_code"]
+    assert outcome.summary["base"]["own_code"] is False
+    assert why.startswith("the base's gpufleet could not be run here: its `gpufleet plan -s dev --json` exited 1")
+    assert why.endswith("RuntimeError: broken at the base")
+    # Both sides by today's code: the working tree's template on both, so only the code note tells.
+    assert outcome.summary["stacks"]["dev"]["status"] == "unchanged"
+    assert f"Both sides are planned and rendered by the working tree's gpufleet ({why})" in outcome.markdown
+    assert "this diff ran the working tree's code on both sides" in outcome.markdown
+
+
+def test_a_base_spec_error_comes_from_the_bases_own_validate(coded_work: Path) -> None:
+    edit(coded_work, DEV, "gpus: [L4, A10G]", "gpus: [L4, A10G, H100-SMX]")
+    commit(coded_work, "typo")
+    edit(coded_work, DEV, "gpus: [L4, A10G, H100-SMX]", "gpus: [L4, A10G]")
+    outcome = run_diff(coded_work, "-s", "dev")
+    dev = outcome.summary["stacks"]["dev"]
+    assert outcome.summary["base"]["own_code"] is True
+    assert (dev["before"], dev["after"]) == ("invalid", "ok")
+    assert re.fullmatch(r".*stacks/Pulumi\.dev\.yaml:\d+:\d+: .*unknown GPU 'H100-SMX'.*", dev["base_errors"][0])
+    assert not any("error(s)" in line for line in dev["base_errors"])
 
 
 def test_not_a_git_repository(work: Path, tmp_path: Path) -> None:
