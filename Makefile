@@ -28,8 +28,8 @@ example: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check infra tests scripts benchmarks policy
-	$(BIN)/shellcheck -S style scripts/*.sh .ci/run
-	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data ansible policy
+	$(BIN)/shellcheck -S style scripts/*.sh .ci/run .github/scripts/*.sh
+	$(BIN)/yamllint -s -c .yamllint.yaml stacks Pulumi.yaml infra/catalog/data ansible policy .github
 
 typecheck: $(STAMP)
 	$(BIN)/mypy infra
