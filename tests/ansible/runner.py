@@ -20,10 +20,9 @@ BIN = Path(sys.executable).parent
 
 XDIST_GROUP = "ansible-local"  # every test that changes this machine with Ansible
 # Held while a test changes this machine with Ansible (packages, services, /etc/gpufleet, init scripts).
-# xdist_group(XDIST_GROUP) alone does not serialise: with pytest 9.2, pytest-xdist 3.8's loadgroup no longer
-# renames the node ids it groups by (it sets item._nodeid, which pytest 9.2 no longer reads; xdist#1386), so
-# modules of the group can run on both workers at once; and two pytest sessions on one machine (a developer's
-# and CI's) would race as well.
+# xdist_group(XDIST_GROUP) puts the tests on one worker, but only when loadgroup groups at all (under pytest
+# 9.2 it does not, xdist#1386: pyproject.toml pins pytest below it) and only within one session: two pytest
+# sessions on one machine (a developer's and CI's) would race without the lock.
 MACHINE_LOCK = Path(tempfile.gettempdir()) / "gpufleet-ansible-local.lock"
 
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")

@@ -79,9 +79,11 @@ def test_poisson_sends_rate_times_duration_with_exponential_gaps(fake: FakeOpenA
     # The schedule is the planner's own Poisson pattern for the seed (common random numbers) ...
     schedule = poisson(rate, n, 1, 1, seed=0).arrivals_s
     assert schedule[-1] < duration <= schedule[-1] + 0.1
-    # ... and the sends follow it: late by a loop iteration, more only now and then on a busy machine.
+    # ... and the sends follow it: late by a loop iteration. The worst one only bounds a stall of the machine
+    # (a busy CI worker has paused the loop for 0.28 s); a loop that waited for the 50 ms responses would fall
+    # seconds behind.
     lateness = sorted(s - t for s, t in zip(sent, schedule, strict=True))
-    assert lateness[0] >= -1e-6 and lateness[len(lateness) // 2] < 0.005 and lateness[-1] < 0.1
+    assert lateness[0] >= -1e-6 and lateness[len(lateness) // 2] < 0.005 and lateness[-1] < 1.0
     gaps = sorted(b - a for a, b in itertools.pairwise(schedule))
     assert sum(gaps) / len(gaps) == pytest.approx(1 / rate, rel=0.2)
     # Kolmogorov-Smirnov distance of the gaps to Exp(rate); 1.63/sqrt(n) is the 1% critical value.

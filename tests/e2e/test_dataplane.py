@@ -150,8 +150,8 @@ def test_non_streaming_answers_pass_through(fleet: LoopbackFleet) -> None:
 
 
 def test_logs_of_the_fleet_stay_in_its_folder(fleet: LoopbackFleet) -> None:
-    """Its own request: with pytest 9.2 + xdist 3.8 the module's tests may be split across workers, each with
-    its own fleet (xdist#1386), so no other test's traffic can be counted on."""
+    """Its own request: the module's tests may be split across workers, each with its own fleet (any --dist but
+    loadgroup, or loadgroup under pytest 9.2, xdist#1386), so no other test's traffic can be counted on."""
     async def once() -> Outcome:
         async with session(fleet) as client:
             return await one(client, fleet.lb_url, model_of(fleet, "chat"), max_tokens=2)
