@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,12 +38,9 @@ from infra.report.diff import (
     truncate,
 )
 from infra.spec.load import Project, load_stack
+from tests.gitrepo import DEV, REPO, clone, commit, example_repo, git
 
-REPO = Path(__file__).resolve().parents[2]
-DEV = "stacks/Pulumi.dev.yaml"
 PROFILES = ("qwen2.5-7b-instruct", "llama-3.1-8b-instruct")
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1"}
 # A second deployment for the dev stack (a served model name of its own: the LB routes by it).
 ASSIST = """\
     - name: assist
@@ -65,11 +60,6 @@ ASSIST = """\
 
 
 
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
-    return done.stdout
-
-
 def edit(root: Path, path: str, old: str, new: str) -> None:
     file = root / path
     text = file.read_text(encoding="utf-8")
@@ -77,31 +67,16 @@ def edit(root: Path, path: str, old: str, new: str) -> None:
     file.write_text(text.replace(old, new), encoding="utf-8")
 
 
-def commit(root: Path, message: str) -> None:
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", message)
-
-
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The base repository: Pulumi.yaml, the dev stack and the profiles it and ASSIST use."""
-    root = tmp_path_factory.mktemp("origin")
-    shutil.copy(REPO / "Pulumi.yaml", root)
-    (root / "stacks" / "models").mkdir(parents=True)
-    shutil.copy(REPO / DEV, root / DEV)
-    for name in PROFILES:
-        shutil.copy(REPO / "stacks" / "models" / f"{name}.yaml", root / "stacks" / "models")
-    git(root, "init", "-q")
-    commit(root, "base")
-    return root
+    return example_repo(tmp_path_factory.mktemp("origin"), PROFILES)
 
 
 @pytest.fixture
 def work(origin: Path, tmp_path: Path) -> Path:
     """A clone whose HEAD is the base; tests edit its working tree (or commit a new base first)."""
-    clone = tmp_path / "work"
-    git(tmp_path, "clone", "-q", str(origin), str(clone))
-    return clone
+    return clone(origin, tmp_path / "work")
 
 
 @dataclass(frozen=True)
@@ -392,10 +367,9 @@ def coded_origin(tmp_path_factory: pytest.TempPathFactory, origin: Path) -> Path
 @pytest.fixture
 def coded_work(coded_origin: Path, tmp_path: Path) -> Path:
     """A clone of ``coded_origin`` whose working tree holds today's template (the code this test runs)."""
-    clone = tmp_path / "coded-work"
-    git(tmp_path, "clone", "-q", str(coded_origin), str(clone))
-    shutil.copy(REPO / NGINX_TEMPLATE, clone / NGINX_TEMPLATE)
-    return clone
+    work = clone(coded_origin, tmp_path / "coded-work")
+    shutil.copy(REPO / NGINX_TEMPLATE, work / NGINX_TEMPLATE)
+    return work
 
 
 def test_the_base_is_rendered_by_its_own_code(coded_work: Path) -> None:

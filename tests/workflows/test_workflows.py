@@ -24,13 +24,13 @@ from infra.plan.optimize import plan_stack
 from infra.plan.serialize import fleet_json
 from infra.report.diff import MARKER, BaseRef, DiffReport, Side, compare_stack, summary_json
 from infra.spec.load import Project, load_stack
+from tests.gitrepo import DEV, clone, commit, example_repo, git
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 GITHUB = ROOT / ".github"
 WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
 SCRIPTS = GITHUB / "scripts"
-DEV = "stacks/Pulumi.dev.yaml"
 PROFILES = ("qwen2.5-7b-instruct",)
 PINNED = re.compile(r"^(?P<action>[\w.-]+/[\w./-]+)@(?P<sha>[0-9a-f]{40}) # v\d+\.\d+\.\d+$")
 # What a job may be granted. id-token: the OIDC exchange; pull-requests: the comments; actions: the runs list.
@@ -200,22 +200,7 @@ def test_deploy_runs_up_per_stack_behind_its_environment() -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with the dev stack and its profile, committed in a git repository."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copy(ROOT / "Pulumi.yaml", root)
-    (root / "stacks" / "models").mkdir(parents=True)
-    shutil.copy(ROOT / DEV, root / DEV)
-    for name in PROFILES:
-        shutil.copy(ROOT / "stacks" / "models" / f"{name}.yaml", root / "stacks" / "models")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
-    return root
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+    return example_repo(tmp_path_factory.mktemp("project"), PROFILES)
 
 
 @cache
@@ -305,13 +290,12 @@ def test_deploy_matrix(project: Path) -> None:
 
 
 def test_deploy_matrix_after_a_spec_change(project: Path, tmp_path: Path) -> None:
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(project), str(clone))
-    base = git(clone, "rev-parse", "HEAD").strip()
-    stack = clone / DEV
+    work = clone(project, tmp_path / "clone")
+    base = git(work, "rev-parse", "HEAD").strip()
+    stack = work / DEV
     stack.write_text(stack.read_text().replace("qps: 0.5", "qps: 1.2"))
-    git(clone, "commit", "-q", "-am", "more traffic")
-    assert deploy_matrix(clone, BASE=base) == [{"stack": "dev", "target": "aws-ec2"}]
+    commit(work, "more traffic")
+    assert deploy_matrix(work, BASE=base) == [{"stack": "dev", "target": "aws-ec2"}]
 
 
 # A stand-in for actions/github-script's Octokit: it serves the issue's comments in pages of per_page and
