@@ -4,9 +4,12 @@
   price for the stack's region (infra/catalog/data/instances.yaml, with their sources). The planner keeps
   n+1 deployments off spot (one reclaim can take several replicas) and Capacity Blocks must be bought for a
   fixed window: the what-if says so instead of pretending the saving is free.
-- **on-prem amortised**: the deployment planned on the GPU servers of an on-prem stack of the same project
-  (its ``onprem.gpuServers`` and ``pricing.onprem``, e.g. the 8×A800 servers of ``onprem-a800``), with the
-  same planner: the amortised $/month against the cloud's. No on-prem stack, no figure (none is invented).
+- **on-prem amortised** (cloud stacks): the deployment planned on the GPU servers of an on-prem stack of the
+  same project (its ``onprem.gpuServers`` and ``pricing.onprem``, e.g. the 8×A800 servers of
+  ``onprem-a800``), with the same planner: the amortised $/month against the cloud's.
+- **cloud** (on-prem stacks), the other side of the same comparison: the deployment planned on every GPU the
+  catalog rents on AWS, under a cloud stack's region and pricing (its markets), with the same planner.
+  No reference stack, no figure (none is invented).
 - **naive sizing**: one request at a time per replica, each output token reading the replica's weights from
   GPU memory once (memory bandwidth ÷ weight bytes per GPU), no batching and no prefill: the replicas and
   $ that rule of thumb buys on the chosen machines, against the plan.
@@ -73,25 +76,51 @@ def market_what_ifs(plan: DeploymentPlan, fleet: FleetPlan) -> list[WhatIf]:
     return found
 
 
+def plan_under(plan: DeploymentPlan, reference: LoadedStack, gpus: list[str]) -> DeploymentPlan:
+    """``plan``'s deployment (its traffic, SLO, limits and profile) planned under ``reference``'s terms (target,
+    region, pricing, servers) on ``gpus``."""
+    deployment = plan.deployment.model_copy(update={"gpus": gpus})
+    profiles = {**reference.profiles, plan.deployment.model: plan.profile}
+    site = LoadedStack(reference.name, reference.spec, reference.provider_config, profiles,
+                       calibration=reference.calibration)
+    return plan_deployment(site, deployment)
+
+
 def onprem_what_if(plan: DeploymentPlan, reference: LoadedStack | None, catalog: Catalog) -> WhatIf | None:
     """The deployment planned on ``reference``'s on-prem servers at its amortised server hour."""
     if reference is None or reference.spec.onprem is None or reference.spec.pricing.onprem is None:
         return None
     gpus = sorted({catalog.instances[s.server_type].gpu for s in reference.spec.onprem.gpu_servers})
-    deployment = plan.deployment.model_copy(update={"gpus": gpus})
-    profiles = {**reference.profiles, plan.deployment.model: plan.profile}
-    site = LoadedStack(reference.name, reference.spec, reference.provider_config, profiles,
-                       calibration=reference.calibration)
-    planned = plan_deployment(site, deployment)
+    planned = plan_under(plan, reference, gpus)
     hourly = reference.spec.pricing.onprem.hourly_usd
     if planned.chosen is None:
         return WhatIf(f"on-prem ({', '.join(gpus)})", None,
                       f"does not meet the SLO on {reference.name}'s servers: " + "; ".join(planned.hints))
     chosen = planned.chosen
     return WhatIf(f"on-prem ({chosen.config.label})", chosen.monthly_usd,
-                  f"{chosen.replicas} replicas on {reference.name}'s {chosen.machine.instance.name} servers at "
+                  f"{_replicas(chosen.replicas)} on {reference.name}'s {chosen.machine.instance.name} servers at "
                   f"${hourly:,.2f}/server-hour amortised (stacks/Pulumi.{reference.name}.yaml pricing.onprem), "
                   "paid per GPU used")
+
+
+def cloud_what_if(plan: DeploymentPlan, reference: LoadedStack | None, catalog: Catalog) -> WhatIf | None:
+    """The deployment planned on the GPUs the catalog rents on AWS, under ``reference``'s region and pricing."""
+    if reference is None or reference.spec.target == "onprem":
+        return None
+    gpus = sorted({i.gpu for i in catalog.instances.values() if i.provider == "aws"})
+    planned = plan_under(plan, reference, gpus)
+    region = reference.spec.region or FALLBACK_REGION
+    terms = f"{region} prices of stacks/Pulumi.{reference.name}.yaml (its pricing and markets)"
+    if planned.chosen is None:
+        return WhatIf("cloud", None, f"no AWS GPU meets the SLO at the {terms}: " + "; ".join(planned.hints))
+    chosen = planned.chosen
+    return WhatIf(f"cloud ({chosen.label})", chosen.monthly_usd,
+                  f"{_replicas(chosen.replicas)} on {chosen.machines} × {chosen.machine.instance.name} "
+                  f"({chosen.machine.price.market}) at the {terms}")
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica" + ("" if count == 1 else "s")
 
 
 def naive_sizing(plan: DeploymentPlan) -> NaiveSizing:

@@ -130,6 +130,37 @@ def test_what_ifs_price_the_chosen_machines(reports: dict[str, Path]) -> None:
         assert what_ifs["on-prem"]["monthly_usd"] == pytest.approx(onprem.chosen.monthly_usd)
 
 
+def test_an_onprem_stack_is_priced_on_the_cloud(tmp_path: Path) -> None:
+    """onprem-a800's other side: each deployment planned on the GPUs AWS rents, under prod's region and pricing
+    (n+1 deployments stay off spot there too), as the planner itself plans it."""
+    done = gpufleet("report", "-s", "onprem-a800", "--cloud-reference", "prod", "-o", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "report.json").read_text())
+    catalog = load_catalog()
+    reference = load_stack(Project(ROOT), "prod")
+    gpus = sorted({i.gpu for i in catalog.instances.values() if i.provider == "aws"})
+    assert "A800-80G" not in gpus and {"A100-80G", "H100-SXM", "L4"} <= set(gpus)
+    for plan in plan_for("onprem-a800").deployments:
+        site = LoadedStack(reference.name, reference.spec, reference.provider_config,
+                           {**reference.profiles, plan.deployment.model: plan.profile},
+                           calibration=reference.calibration)
+        cloud = plan_deployment(site, plan.deployment.model_copy(update={"gpus": gpus})).chosen
+        assert cloud is not None
+        (what_if,) = document["deployments"][plan.deployment.name]["what_ifs"]  # owned servers: no spot, no block
+        assert what_if["name"] == f"cloud ({cloud.label})"
+        assert what_if["monthly_usd"] == pytest.approx(cloud.monthly_usd)
+        assert "stacks/Pulumi.prod.yaml" in what_if["note"]
+    assert "| cloud (" in (tmp_path / "report.md").read_text()
+
+
+def test_a_reference_of_the_wrong_kind_is_a_user_error(tmp_path: Path) -> None:
+    for args, message in ((("-s", "onprem-a800", "--cloud-reference", "onprem-a800"), "not an aws-ec2 or eks stack"),
+                          (("-s", "dev", "--onprem-reference", "prod"), "not an onprem stack with pricing.onprem")):
+        done = gpufleet("report", *args, "-o", str(tmp_path / "out"))
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_naive_sizing_reads_the_weights_once_per_token() -> None:
     for plan in plan_for("prod").deployments:
         assert plan.chosen is not None
