@@ -77,7 +77,7 @@ COLD_START = "every replica cold-starts (weights downloaded and loaded again)"
 NOT_PROGRAM_INPUTS = ("stacks/", "tests/", "benchmarks/", "scripts/", "schemas/", "docs/", ".github/", ".ci/")
 """Project folders the Pulumi program does not read (stacks/ is compared as plans and renders). A changed
 file anywhere else (infra/, templates/, ansible/, images/, policy/, Pulumi.yaml, pyproject.toml, ...) can
-change what ``pulumi up`` does to every stack, which this diff cannot show: both sides run today's code."""
+change what ``pulumi up`` does to any stack's resources, which plans and rendered files do not show."""
 NOT_PROGRAM_FILES = frozenset({"Makefile", ".gitignore", ".yamllint.yaml", ".ansible-lint", "LICENSE"})
 
 
