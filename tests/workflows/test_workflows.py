@@ -140,6 +140,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
     assert "make test      # install what the tests need" in (ROOT / "README.md").read_text()
     assert job["env"]["CI"] == "true"  # a missing tool fails, never skips
+    # Debian 12, whose packages scripts/apt-packages.txt names; privileged for the tests' network namespaces.
+    assert job["container"] == {"image": "python:3.11-bookworm", "options": "--privileged"}
     assert "workflow_call" in ci["on"] and "pull_request" in ci["on"]
 
 
