@@ -17,9 +17,9 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import ValidationError
 
-from infra.catalog.schema import CatalogLlm, CatalogModel, Gpu, InstanceType, QuantizationMethod
+from infra.catalog.schema import CatalogLlm, CatalogModel, Gpu, InferenceEngine, InstanceType, QuantizationMethod
 
-CatalogKind = Literal["gpu", "instance", "model", "quantization"]
+CatalogKind = Literal["gpu", "instance", "model", "quantization", "engine"]
 
 RecordT = TypeVar("RecordT", bound=CatalogModel)
 
@@ -43,6 +43,7 @@ class Catalog:
     instances: dict[str, InstanceType]
     models: dict[str, CatalogLlm]
     quantization: dict[str, QuantizationMethod]
+    engines: dict[str, InferenceEngine]
     _gpu_names_by_lowercase: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,8 @@ class Catalog:
             return self.models.keys()
         if kind == "quantization":
             return self.quantization.keys()
+        if kind == "engine":
+            return self.engines.keys()
         raise ValueError(f"unknown catalog kind {kind!r}")
 
 
@@ -93,8 +96,10 @@ def load_catalog() -> Catalog:
     quantization = parse_records(
         "quantization.yaml", read_data_file("quantization.yaml"), "methods", QuantizationMethod
     )
+    engines = parse_records("engines.yaml", read_data_file("engines.yaml"), "engines", InferenceEngine)
     check_instance_gpus(instances, gpus)
-    return Catalog(gpus=gpus, instances=instances, models=models, quantization=quantization)
+    check_engine_quantizations(engines, quantization)
+    return Catalog(gpus=gpus, instances=instances, models=models, quantization=quantization, engines=engines)
 
 
 def read_data_file(file_name: str) -> object:
@@ -183,6 +188,20 @@ def check_instance_gpus(instances: Mapping[str, InstanceType], gpus: Mapping[str
         f"instances.yaml: instances.{name}.gpu: '{instance.gpu}' is not a GPU of gpus.yaml"
         for name, instance in instances.items()
         if instance.gpu not in gpus
+    ]
+    if unknown:
+        raise CatalogError("; ".join(unknown))
+
+
+def check_engine_quantizations(
+    engines: Mapping[str, InferenceEngine], quantization: Mapping[str, QuantizationMethod]
+) -> None:
+    """Every quantization an engine lists must be a method of quantization.yaml."""
+    unknown = [
+        f"engines.yaml: engines.{name}.capabilities.quantizations: '{method}' is not a method of quantization.yaml"
+        for name, engine in engines.items()
+        for method in engine.capabilities.quantizations
+        if method not in quantization
     ]
     if unknown:
         raise CatalogError("; ".join(unknown))

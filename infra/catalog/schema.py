@@ -7,7 +7,7 @@ check it and a later session knows when to refresh it.
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -174,3 +174,116 @@ class QuantizationMethod(CatalogModel):
         alias="minComputeCapability", default=None, pattern=r"^\d+\.\d+$"
     )
     source: Source
+
+
+# -- inference engines (engines.yaml) -----------------------------------------------------------------------
+
+EngineSignal = Literal[
+    "ttft_seconds",
+    "inter_token_seconds",
+    "e2e_seconds",
+    "requests_running",
+    "requests_waiting",
+    "kv_cache_usage",
+    "prompt_tokens",
+    "generation_tokens",
+    "requests_finished",
+    "preemptions",
+]
+"""What the dashboards and alerts read from a replica, whatever its engine calls it."""
+
+ENGINE_SIGNALS: tuple[EngineSignal, ...] = get_args(EngineSignal)
+
+
+class EngineImage(CatalogModel):
+    reference: str = Field(
+        pattern=r"^[a-z0-9.-]+(/[a-z0-9._-]+)+:[A-Za-z0-9._-]+$",
+        description="registry/repository:tag of the engine's official server image.",
+    )
+    digest: str | None = Field(
+        default=None, pattern=r"^sha256:[0-9a-f]{64}$", description="Pinned digest, where one was read."
+    )
+    source: Source
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.reference}@{self.digest}" if self.digest else self.reference
+
+
+class EngineHealth(CatalogModel):
+    path: str = Field(pattern=r"^/", description="Liveness: answers while the server process is healthy.")
+    ready_path: str = Field(
+        alias="readyPath", pattern=r"^/", description="Readiness: 200 only once the model can serve."
+    )
+    listens_while_loading: bool = Field(
+        alias="listensWhileLoading",
+        description="False: connections are refused until the weights are loaded (a probe sees 'refused').",
+    )
+    source: Source
+
+
+class EngineMetric(CatalogModel):
+    name: str = Field(description="The metric family as the engine exposes it (without _total/_bucket).")
+    kind: Literal["counter", "gauge", "histogram"]
+    note: str | None = None
+
+
+class EngineMetrics(CatalogModel):
+    path: str | None = Field(pattern=r"^/", description="Prometheus endpoint; null = the engine has none.")
+    enabled_by: str | None = Field(
+        alias="enabledBy", default=None, description="What turns the endpoint on when it is off by default."
+    )
+    signals: dict[EngineSignal, EngineMetric] = Field(
+        default_factory=dict, description="Signal -> the engine's metric; a missing signal is not exposed."
+    )
+    source: Source
+
+    @model_validator(mode="after")
+    def _no_signals_without_endpoint(self) -> EngineMetrics:
+        if self.path is None and self.signals:
+            raise ValueError("an engine without a metrics endpoint exposes no signals")
+        return self
+
+
+class EngineCapabilities(CatalogModel):
+    tensor_parallel: Literal["yes", "experimental", "no"] = Field(alias="tensorParallel")
+    weight_formats: tuple[Literal["safetensors", "gguf"], ...] = Field(
+        alias="weightFormats", min_length=1, description="Checkpoint formats the server loads."
+    )
+    quantizations: tuple[str, ...] = Field(
+        description="Keys of quantization.yaml the engine serves (gguf: the GGUF file's own quant type)."
+    )
+    api_key: Literal["env", "flag", "none"] = Field(
+        alias="apiKey", description="How the server takes a bearer key: an env var, only a flag, or not at all."
+    )
+    api_key_env: str | None = Field(alias="apiKeyEnv", default=None)
+    source: Source
+
+    @model_validator(mode="after")
+    def _env_named(self) -> EngineCapabilities:
+        if (self.api_key == "env") != (self.api_key_env is not None):
+            raise ValueError("apiKeyEnv names the variable exactly when apiKey is env")
+        return self
+
+
+class EngineThroughput(CatalogModel):
+    factor: float = Field(gt=0, le=2, description="Saturation throughput of a replica relative to vLLM's.")
+    calibrated: bool = Field(
+        description="True where the capacity model is fitted to this engine's own measurements "
+        "(../shared/calibration); false: vLLM's model scaled by the factor, an estimate."
+    )
+    source: Source
+
+
+class InferenceEngine(CatalogModel):
+    name: str
+    title: str = Field(description="How people write it: vLLM, SGLang, llama.cpp, ...")
+    version: str = Field(description="The pinned release: image, flag list and metric names are its.")
+    image: EngineImage
+    port: int = Field(ge=1, le=65535, description="The server's default port.")
+    health: EngineHealth
+    metrics: EngineMetrics
+    capabilities: EngineCapabilities
+    throughput: EngineThroughput
+    flags: Source = Field(description="Where the flag list comes from: a generated schema, or docs/source.")
+    status: str | None = Field(default=None, description="Upstream status worth knowing (maintenance mode).")

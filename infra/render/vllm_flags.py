@@ -22,8 +22,9 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib import resources
 from typing import Any, Literal
 
@@ -31,6 +32,10 @@ VLLM_VERSION = "0.33.0"
 SCHEMA_FILE = f"vllm-{VLLM_VERSION}-flags.json"
 
 Severity = Literal["error", "warning"]
+
+# The header key naming the engine's version in a generated schema -> the command whose flags it lists
+# (scripts/vllm_flag_schema.py, scripts/sglang_flag_schema.py).
+ENGINE_COMMANDS = {"vllm_version": "vllm serve", "sglang_version": "sglang serve"}
 
 # Kinds of argparse action that take no value on the command line.
 _VALUELESS_KINDS = frozenset({"BooleanOptionalAction", "store_true", "store_false", "store_const", "count"})
@@ -42,7 +47,9 @@ _TYPE_WORDS: dict[str, str] = {
     "float": "a number",
     "human_readable_int": "an integer (8192, or human-readable: 8k = 8000, 8K = 8192)",
     "human_readable_int_or_auto": "an integer (8192, or human-readable: 8k = 8000, 8K = 8192) or 'auto'",
+    "human_readable_int_si_iec": "an integer (32768, or human-readable: 32k = 32000, 32Ki = 32768; case-sensitive)",
     "json": "JSON (a mapping in YAML)",
+    "json_object": "a JSON object (a mapping in YAML)",
     "json_or_str": "a string or a JSON object (a mapping in YAML)",
     "csv": "a comma-separated list",
     "bool": "true or false",
@@ -53,8 +60,12 @@ _SHORT_TYPE_WORDS: dict[str, str] = {
     "int": "an integer",
     "human_readable_int": "an integer",
     "human_readable_int_or_auto": "an integer or 'auto'",
+    "human_readable_int_si_iec": "an integer",
     "float": "a number",
 }
+
+# Types whose values are JSON: a mapping in YAML is passed as JSON text, and dotted keys reach into it.
+_JSON_TYPES = frozenset({"json", "json_or_str", "json_object"})
 
 
 @dataclass(frozen=True)
@@ -112,8 +123,19 @@ class FlagSchema:
     by_option_string: Mapping[str, FlagSpec]  # every registered option string, e.g. "--no-enable-lora", "-tp"
 
     @property
-    def vllm_version(self) -> str:
-        return str(self.header["vllm_version"])
+    def version(self) -> str:
+        """The engine version the schema was generated from."""
+        return str(self.header[self._version_key])
+
+    @property
+    def command(self) -> str:
+        """The server command whose flags these are ("vllm serve", "sglang serve")."""
+        return ENGINE_COMMANDS[self._version_key]
+
+    @property
+    def _version_key(self) -> str:
+        (key,) = (k for k in ENGINE_COMMANDS if k in self.header)
+        return key
 
     def spec(self, name: str) -> FlagSpec:
         """The option for a name written as in a config file or on the command line ("max_num_seqs", "-tp")."""
@@ -121,7 +143,7 @@ class FlagSchema:
         try:
             return self.by_option_string[key]
         except KeyError:
-            raise KeyError(f"vllm serve {self.vllm_version} has no option {name!r}") from None
+            raise KeyError(f"{self.command} {self.version} has no option {name!r}") from None
 
 
 @dataclass(frozen=True)
@@ -233,6 +255,27 @@ def human_readable_int(text: str) -> int:
     return int(value)
 
 
+_SI_IEC_INT = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)")
+_SI = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_IEC = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def human_readable_int_si_iec(text: str) -> int:
+    """sglang.srt.utils.common.human_readable_int (SGLang 0.5.21), case-sensitive: SI '32k' = 32000, '25.6k' = 25600,
+    '1M' = 1000000; IEC '128Ki' = 131072, '1Mi' = 1048576 (integers only); '4K' and '1m' are errors."""
+    value = text.strip()
+    match = _SI_IEC_INT.fullmatch(value)
+    if match:
+        number, suffix = match.groups()
+        if suffix in _SI:
+            return int(Decimal(number) * _SI[suffix])
+        if "." in number:
+            si = "k" if suffix == "Ki" else suffix[0]
+            raise BadValue(f"has a decimal with the IEC suffix {suffix} (write an integer, or {number}{si} for SI)")
+        return int(number) * _IEC[suffix]
+    return int(value)
+
+
 def _expand_json_human_readable_numbers(text: str) -> str:
     parts = re.split(r'("(?:[^"\\]|\\.)*")', text)
     for i in range(0, len(parts), 2):
@@ -256,8 +299,8 @@ def _convert(spec: FlagSpec, token: str) -> object:
         if math.isnan(value):
             raise ValueError("NaN is not a usable number")
         return value
-    if kind == "human_readable_int":
-        return human_readable_int(token)
+    if kind in _CONVERTERS:
+        return _CONVERTERS[kind](token)
     if kind == "human_readable_int_or_auto":
         return -1 if token.strip() in ("-1",) or token.strip().lower() == "auto" else human_readable_int(token)
     if kind == "json":
@@ -277,6 +320,21 @@ def _json(token: str) -> object:
         return json.loads(token)
     except json.JSONDecodeError as exc:
         raise BadValue(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _json_object(token: str) -> object:
+    parsed = _json(token)
+    if not isinstance(parsed, dict):
+        raise BadValue("is not a JSON object (write a mapping in YAML)")
+    return parsed
+
+
+# Types converted by one function of the token.
+_CONVERTERS: dict[str, Callable[[str], object]] = {
+    "human_readable_int": human_readable_int,
+    "human_readable_int_si_iec": human_readable_int_si_iec,
+    "json_object": _json_object,
+}
 
 
 def _check_token(spec: FlagSpec, key: str, token: str) -> FlagProblem | None:
@@ -321,11 +379,11 @@ class _Resolved:
 def _closest_flag(schema: FlagSchema, name: str) -> str:
     candidates = sorted({o[2:] for o in schema.by_option_string if o.startswith("--")})
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else "see `vllm serve --help` for the flags"
+    return f"did you mean {close[0]!r}?" if close else f"see `{schema.command} --help` for the flags"
 
 
 def _resolve(schema: FlagSchema, key: str) -> _Resolved | FlagProblem:
-    version = schema.vllm_version
+    version = f"{schema.command} {schema.version}"
     if key.startswith("-"):
         named = schema.by_option_string.get(key)
         return FlagProblem(
@@ -348,13 +406,13 @@ def _resolve(schema: FlagSchema, key: str) -> _Resolved | FlagProblem:
             full = prefixed[0][2:]
             return FlagProblem(
                 key,
-                f"not a flag of vllm serve {version}; argparse would take it as an abbreviation of --{full}, "
+                f"not a flag of {version}; argparse would take it as an abbreviation of --{full}, "
                 "which breaks when a later vLLM adds a flag with the same prefix",
                 f"write {full!r}",
             )
-        return FlagProblem(key, f"unknown flag: vllm serve {version} has no --{name}", _closest_flag(schema, name))
+        return FlagProblem(key, f"unknown flag: {version} has no --{name}", _closest_flag(schema, name))
     if dot:
-        if spec.type not in ("json", "json_or_str"):
+        if spec.type not in _JSON_TYPES:
             return FlagProblem(key, f"--{spec.name} is not a JSON flag, so it has no '.' sub-keys", spec.expected())
         return _Resolved(key, spec, option, "." + rest)
     return _Resolved(key, spec, option, "")
@@ -383,7 +441,7 @@ def _check_value(schema: FlagSchema, r: _Resolved, value: object) -> list[FlagPr
         shown = json.dumps(value) if isinstance(value, (list, dict)) or value is None else repr(value)
         return [FlagProblem(key, f"--{spec.name} takes no value, got {shown}", "write true or false")]
     if isinstance(value, Mapping):
-        if spec.type in ("json", "json_or_str"):
+        if spec.type in _JSON_TYPES:
             return []
         return [FlagProblem(key, "a mapping is only allowed for JSON flags", spec.expected())]
     if isinstance(value, list):
@@ -491,9 +549,8 @@ def _resolve_all(schema: FlagSchema, args: Mapping[str, object]) -> tuple[list[_
         found = _check_value(schema, r, value)
         problems.extend(found)
         if r.spec.deprecated:
-            problems.append(
-                FlagProblem(key, f"deprecated in vLLM {schema.vllm_version}", r.spec.deprecation or "", "warning")
-            )
+            where = f"{schema.command} {schema.version}"
+            problems.append(FlagProblem(key, f"deprecated in {where}", r.spec.deprecation or "", "warning"))
         if not any(p.severity == "error" for p in found):
             resolved.append(r)
     return resolved, problems

@@ -379,4 +379,5 @@ def test_alias_shared_by_two_gpus_is_rejected(catalog: Catalog) -> None:
             instances={},
             models={},
             quantization={},
+            engines={},
         )
