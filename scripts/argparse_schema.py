@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -239,6 +241,20 @@ def render(document: Mapping[str, Any]) -> str:
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.write_text(render(document), encoding="utf-8")
+
+
+def write_facts(
+    path: Path, dist: str, version: str, options: list[dict[str, Any]], positionals: list[dict[str, Any]]
+) -> None:
+    """The raw facts a generator's --dump writes: the engine's and this interpreter's versions, the actions."""
+    facts = {
+        f"{dist}_version": version,
+        "torch_version": importlib.metadata.version("torch"),
+        "python_version": platform.python_version(),
+        "options": options,
+        "positionals": positionals,
+    }
+    write_json(path, facts)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import json
-import platform
 import re
 import sys
 from pathlib import Path
@@ -171,14 +169,7 @@ def dump(output: Path) -> None:
     parser, sglang_version = _parser_facts()
     defaults = _engine_defaults()
     options, positionals = shared.describe_actions(parser, _describe_type, defaults.get, DEPRECATION)
-    facts = {
-        "sglang_version": sglang_version,
-        "torch_version": importlib.metadata.version("torch"),
-        "python_version": platform.python_version(),
-        "options": options,
-        "positionals": positionals,
-    }
-    shared.write_json(output, facts)
+    shared.write_facts(output, "sglang", sglang_version, options, positionals)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import inspect
 import json
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -197,14 +195,7 @@ def dump(output: Path) -> None:
     """Build vLLM's serve parser in this interpreter and write its raw facts to `output` as JSON."""
     parser, vllm_version = _parser_facts()
     options, positionals = shared.describe_actions(parser, _describe_type, _engine_default)
-    facts = {
-        "vllm_version": vllm_version,
-        "torch_version": importlib.metadata.version("torch"),
-        "python_version": platform.python_version(),
-        "options": options,
-        "positionals": positionals,
-    }
-    shared.write_json(output, facts)
+    shared.write_facts(output, "vllm", vllm_version, options, positionals)
 
 
 # --------------------------------------------------------------------------------------------------------------
