@@ -323,8 +323,9 @@ def test_shared_helpers_for_sglang_actions() -> None:
         def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
             super().__init__(option_strings, dest, nargs=0, const=True, default=False, help="Deprecated. Use --b.")
 
-        def __call__(self, *args: object, **kwargs: object) -> None:
-            raise NotImplementedError
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                     option_string: str | None = None) -> None:
+            setattr(namespace, self.dest, True)  # stores true, as SGLang's does (after warning)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--old", action=DeprecatedStoreTrueAction)
@@ -339,3 +340,4 @@ def test_shared_helpers_for_sglang_actions() -> None:
         True,
     )
     assert size["choices"] == [1, 2, 3]  # a set's choices are sorted
+    assert parser.parse_args(["--old"]).old is True and parser.parse_args([]).old is False
