@@ -196,12 +196,15 @@ def check_instance_gpus(instances: Mapping[str, InstanceType], gpus: Mapping[str
 def check_engine_quantizations(
     engines: Mapping[str, InferenceEngine], quantization: Mapping[str, QuantizationMethod]
 ) -> None:
-    """Every quantization an engine lists must be a method of quantization.yaml."""
-    unknown = [
-        f"engines.yaml: engines.{name}.capabilities.quantizations: '{method}' is not a method of quantization.yaml"
-        for name, engine in engines.items()
-        for method in engine.capabilities.quantizations
-        if method not in quantization
-    ]
-    if unknown:
-        raise CatalogError("; ".join(unknown))
+    """Every quantization an engine lists is a method of quantization.yaml, in a format the engine loads."""
+    problems: list[str] = []
+    for name, engine in engines.items():
+        where = f"engines.yaml: engines.{name}.capabilities.quantizations"
+        for method in engine.capabilities.quantizations:
+            if method not in quantization:
+                problems.append(f"{where}: '{method}' is not a method of quantization.yaml")
+            elif quantization[method].format not in engine.capabilities.weight_formats:
+                problems.append(f"{where}: '{method}' is a {quantization[method].format} method, and the "
+                                f"engine loads {', '.join(engine.capabilities.weight_formats)}")
+    if problems:
+        raise CatalogError("; ".join(problems))

@@ -173,6 +173,9 @@ class QuantizationMethod(CatalogModel):
     min_compute_capability: str | None = Field(
         alias="minComputeCapability", default=None, pattern=r"^\d+\.\d+$"
     )
+    format: Literal["safetensors", "gguf"] = Field(
+        default="safetensors", description="gguf: a quant type of a GGUF file (llama.cpp, Ollama)."
+    )
     source: Source
 
 
@@ -225,7 +228,22 @@ class EngineHealth(CatalogModel):
 class EngineMetric(CatalogModel):
     name: str = Field(description="The metric family as the engine exposes it (without _total/_bucket).")
     kind: Literal["counter", "gauge", "histogram"]
+    total_suffix: bool = Field(
+        alias="totalSuffix", default=True,
+        description="Counters: the sample is <name>_total (Python's prometheus_client, llama.cpp); false where "
+        "the exporter writes the bare name (TGI's Rust metrics exporter).",
+    )
     note: str | None = None
+
+    def sample(self, suffix: Literal["", "bucket", "sum", "count"] = "") -> str:
+        """The exposed sample name: a counter's ``_total`` form, a histogram's ``_bucket``/``_sum``/``_count``."""
+        if self.kind == "histogram":
+            if not suffix:
+                raise ValueError(f"{self.name} is a histogram: name the bucket, sum or count sample")
+            return f"{self.name}_{suffix}"
+        if suffix:
+            raise ValueError(f"{self.name} is a {self.kind}: it has no _{suffix} sample")
+        return f"{self.name}_total" if self.kind == "counter" and self.total_suffix else self.name
 
 
 class EngineMetrics(CatalogModel):

@@ -43,7 +43,7 @@ from infra.render.prometheus_config import (
     vllm_targets,
 )
 from infra.render.prometheus_rules import RULES_PATH, render_prometheus_rules
-from infra.render.telemetry import NGINX_JOB, NGINX_LOG_JOB, VLLM_JOB
+from infra.render.telemetry import ENGINE_JOB, NGINX_JOB, NGINX_LOG_JOB
 from infra.spec.alerting import Alerting
 
 DEMO_API_KEY = "sk-gpufleet-demo"  # loopback only; printed by `make demo`
@@ -264,7 +264,7 @@ class LoopbackFleet:
         for d in self.plan.deployments:
             name = d.deployment.name
             text = vllm_targets(d, [r.address for r in self.replicas_of(name)])
-            (targets / targets_file(VLLM_JOB, name)).write_text(text, encoding="utf-8")
+            (targets / targets_file(ENGINE_JOB, name)).write_text(text, encoding="utf-8")
         for job, port in ((NGINX_JOB, exporter_port), (NGINX_LOG_JOB, mtail_port)):
             (targets / targets_file(job)).write_text(host_targets(job, [f"127.0.0.1:{port}"]), encoding="utf-8")
         Path(layout.rules_dir).mkdir(parents=True)

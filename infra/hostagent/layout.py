@@ -46,7 +46,7 @@ Shapes (JSON):
      "targets": {"dir": "/etc/gpufleet/prometheus/targets",
                  "jobs": [{"file": "node.json", "roles": ["gpu", "lb", "monitoring"], "port": 9100,
                            "per_deployment": false},
-                          {"file": "vllm-{deployment}.json", "roles": ["gpu"], "port": null,
+                          {"file": "engine-{deployment}.json", "roles": ["gpu"], "port": null,
                            "per_deployment": true}, ...]} | null,
      "state_file": "/var/lib/gpufleet/discovery-state.json"}
 

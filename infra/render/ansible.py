@@ -38,7 +38,7 @@ from infra.render.prometheus_config import (
     vllm_targets,
 )
 from infra.render.systemd import VLLM_IMAGE
-from infra.render.telemetry import DCGM_EXPORTER_PORT, DCGM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, VLLM_JOB
+from infra.render.telemetry import DCGM_EXPORTER_PORT, DCGM_JOB, ENGINE_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB
 from infra.render.vllm import VLLM_VERSION
 from infra.spec.secrets import SecretRef
 from infra.spec.stack import OnpremGpuServer
@@ -137,7 +137,7 @@ def _targets(plan: FleetPlan, placements: list[Placement]) -> list[Artifact]:
     by_name = {d.deployment.name: d for d in plan.deployments}
     for name, d in by_name.items():
         mine = [p for p in placements if p.deployment == name]
-        files[targets_file(VLLM_JOB, name)] = vllm_targets(d, [p.endpoint for p in mine])
+        files[targets_file(ENGINE_JOB, name)] = vllm_targets(d, [p.endpoint for p in mine])
         # dcgm-exporter of servers that only this deployment uses carry its labels; shared servers do not.
         dedicated = sorted({p.address for p in mine} - {p.address for p in placements if p.deployment != name})
         if dedicated:

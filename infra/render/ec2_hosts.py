@@ -40,13 +40,13 @@ from infra.render.systemd import slot_port, slots_per_machine
 from infra.render.telemetry import (
     DCGM_EXPORTER_PORT,
     DCGM_JOB,
+    ENGINE_JOB,
     MTAIL_PORT,
     NGINX_EXPORTER_PORT,
     NGINX_JOB,
     NGINX_LOG_JOB,
     NODE_EXPORTER_PORT,
     NODE_JOB,
-    VLLM_JOB,
 )
 from infra.render.templating import render_template
 from infra.spec.secrets import SecretRef
@@ -66,7 +66,7 @@ HOST_JOBS: tuple[tuple[str, tuple[layout.Role, ...], int], ...] = (
     (NGINX_JOB, ("lb",), NGINX_EXPORTER_PORT),
     (NGINX_LOG_JOB, ("lb",), MTAIL_PORT),
 )
-DEPLOYMENT_JOBS: tuple[tuple[str, int | None], ...] = ((DCGM_JOB, DCGM_EXPORTER_PORT), (VLLM_JOB, None))
+DEPLOYMENT_JOBS: tuple[tuple[str, int | None], ...] = ((DCGM_JOB, DCGM_EXPORTER_PORT), (ENGINE_JOB, None))
 
 
 class SecretKeys:

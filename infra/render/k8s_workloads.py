@@ -45,6 +45,7 @@ from infra.render.prometheus_config import K8S_VLLM_APP, k8s_documents
 from infra.render.systemd import STOP_GRACE_S, VLLM_IMAGE, start_timeout_s
 from infra.render.telemetry import (
     DEPLOYMENT_LABEL,
+    ENGINE_JOB,
     K8S_APP_LABEL,
     K8S_DEPLOYMENT_LABEL,
     K8S_MONITORING_NAMESPACE,
@@ -52,7 +53,6 @@ from infra.render.telemetry import (
     K8S_PROMETHEUS_RELEASE,
     K8S_VLLM_PORT_NAME,
     PROMETHEUS_PORT,
-    VLLM_JOB,
 )
 from infra.render.vllm import API_KEY_ENV, config_path, model_argument, render_vllm
 
@@ -338,7 +338,7 @@ def disruption_budget(plan: DeploymentPlan) -> dict[str, Any]:
 
 def queue_query(deployment: str) -> str:
     """Waiting requests of the deployment, with the job and deployment labels the ServiceMonitor sets."""
-    return f'sum(vllm:num_requests_waiting{{job="{VLLM_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})'
+    return f'sum(vllm:num_requests_waiting{{job="{ENGINE_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})'
 
 
 def max_replicas(plan: DeploymentPlan) -> int:

@@ -4,7 +4,7 @@ EC2 and on-prem — rendered file: ``prometheus/prometheus.yml`` (installed as
 ``/etc/gpufleet/prometheus/prometheus.yml`` on the monitoring host, with the rules of
 :mod:`infra.render.prometheus_rules` under ``rules/``). Every job reads file_sd files:
 
-- ``targets/vllm-<deployment>.json`` — the deployment's replicas (``host:port``, port = 8000 + slot);
+- ``targets/engine-<deployment>.json`` — the deployment's replicas (``host:port``, port = 8000 + slot);
 - ``targets/nginx.json`` and ``targets/nginx-log.json`` — each LB host's prometheus-nginx-exporter (9113)
   and mtail (3903);
 - ``targets/node.json`` — every host's node_exporter (9100);
@@ -42,6 +42,7 @@ from infra.render.telemetry import (
     DCGM_EXPORTER_PORT,
     DCGM_JOB,
     DEPLOYMENT_LABEL,
+    ENGINE_JOB,
     K8S_APP_LABEL,
     K8S_DEPLOYMENT_LABEL,
     K8S_MONITORING_NAMESPACE,
@@ -56,7 +57,6 @@ from infra.render.telemetry import (
     NODE_EXPORTER_PORT,
     NODE_JOB,
     PROMETHEUS_PORT,
-    VLLM_JOB,
 )
 from infra.render.templating import render_template
 
@@ -106,8 +106,8 @@ class ScrapeJob:
 
 def scrape_jobs(layout: PrometheusLayout) -> list[ScrapeJob]:
     return [
-        ScrapeJob(VLLM_JOB, "vLLM replicas: /metrics stays open when --api-key is set (only /v1 is protected).",
-                  file_glob=f"{VLLM_JOB}-*.json"),
+        ScrapeJob(ENGINE_JOB, "vLLM replicas: /metrics stays open when --api-key is set (only /v1 is protected).",
+                  file_glob=f"{ENGINE_JOB}-*.json"),
         ScrapeJob(NGINX_JOB, "prometheus-nginx-exporter on each LB host, reading stub_status on loopback.",
                   file_glob=f"{NGINX_JOB}.json"),
         ScrapeJob(NGINX_LOG_JOB, "mtail on each LB host: status codes and upstream times from the access log.",
@@ -139,7 +139,7 @@ def render_prometheus_yml(plan: FleetPlan, layout: PrometheusLayout | None = Non
 
 def targets_file(job: str, deployment: str | None = None) -> str:
     """The file_sd file name of a job (per deployment for vLLM and DCGM), relative to targets_dir."""
-    if job in (VLLM_JOB, DCGM_JOB):
+    if job in (ENGINE_JOB, DCGM_JOB):
         if deployment is None:
             raise ValueError(f"job {job} has one targets file per deployment")
         return f"{job}-{deployment}.json"
@@ -207,8 +207,8 @@ def service_monitor(plan: DeploymentPlan) -> dict[str, Any]:
                 "port": K8S_VLLM_PORT_NAME,
                 "path": "/metrics",
                 "interval": "15s",
-                # The operator names the job after the Service; the rules expect job="vllm".
-                "relabelings": [_set_label("job", VLLM_JOB),
+                # The operator names the job after the Service; the rules expect job="engine".
+                "relabelings": [_set_label("job", ENGINE_JOB),
                                 *(_set_label(key, value) for key, value in sorted(labels.items()))],
             }],
         },

@@ -45,11 +45,11 @@ from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.telemetry import (
     DCGM_JOB,
+    ENGINE_JOB,
     NGINX_JOB,
     NGINX_LOG_JOB,
     NGINX_RESPONSES,
     NGINX_UPSTREAM_SECONDS,
-    VLLM_JOB,
 )
 
 RULES_PATH = "prometheus/rules/gpufleet.rules.yaml"
@@ -84,7 +84,7 @@ VLLM_METRICS_USED = (
     *LATENCY_HISTOGRAMS.values(),
 )
 
-V = f'job="{VLLM_JOB}"'
+V = f'job="{ENGINE_JOB}"'
 L = f'job="{NGINX_LOG_JOB}"'
 
 
@@ -104,16 +104,16 @@ def recording_rules() -> list[dict[str, Any]]:
     def rec(name: str, expr: str) -> None:
         rules.append({"record": name, "expr": expr})
 
-    rec("deployment:vllm_requests:rate5m", f"sum by (deployment) (rate(vllm:request_success_total{{{V}}}[5m]))")
-    rec("deployment:vllm_prompt_tokens:rate5m", f"sum by (deployment) (rate(vllm:prompt_tokens_total{{{V}}}[5m]))")
-    rec("deployment:vllm_generation_tokens:rate5m",
+    rec("deployment:engine_requests:rate5m", f"sum by (deployment) (rate(vllm:request_success_total{{{V}}}[5m]))")
+    rec("deployment:engine_prompt_tokens:rate5m", f"sum by (deployment) (rate(vllm:prompt_tokens_total{{{V}}}[5m]))")
+    rec("deployment:engine_generation_tokens:rate5m",
         f"sum by (deployment) (rate(vllm:generation_tokens_total{{{V}}}[5m]))")
     for short, family in LATENCY_HISTOGRAMS.items():
         for quantile in QUANTILES:
-            rec(f"deployment:vllm_{short}_seconds:{_q(quantile)}_5m",
+            rec(f"deployment:engine_{short}_seconds:{_q(quantile)}_5m",
                 f"histogram_quantile({quantile}, sum by (deployment, le) (rate({family}_bucket{{{V}}}[5m])))")
     for window in BURN_WINDOWS:
-        rec(f"deployment:vllm_request_errors:ratio_rate{window}",
+        rec(f"deployment:engine_request_errors:ratio_rate{window}",
             f'sum by (deployment) (rate(vllm:request_success_total{{{V},finished_reason="error"}}[{window}]))'
             f" / sum by (deployment) (rate(vllm:request_success_total{{{V}}}[{window}]))")
         # mtail creates a status's series at its first occurrence: without a 5xx yet, `or ... * 0` makes the
@@ -126,10 +126,10 @@ def recording_rules() -> list[dict[str, Any]]:
         # (502/503/504); vLLM's errors cover a target whose LB logs are not scraped. label_replace keeps
         # both series apart for `or`, max folds them.
         rec(f"deployment:request_errors:ratio_rate{window}",
-            f'max by (deployment) (label_replace(deployment:vllm_request_errors:ratio_rate{window}, '
+            f'max by (deployment) (label_replace(deployment:engine_request_errors:ratio_rate{window}, '
             f'"source", "vllm", "", "") or label_replace(deployment:nginx_http_errors:ratio_rate{window}, '
             f'"source", "nginx", "", ""))')
-    rec("deployment:vllm_request_aborts:ratio_rate5m",
+    rec("deployment:engine_request_aborts:ratio_rate5m",
         f'sum by (deployment) (rate(vllm:request_success_total{{{V},finished_reason="abort"}}[5m]))'
         f" / sum by (deployment) (rate(vllm:request_success_total{{{V}}}[5m]))")
     rec("deployment:nginx_http_responses:rate5m",
@@ -138,17 +138,17 @@ def recording_rules() -> list[dict[str, Any]]:
         rec(f"deployment:nginx_upstream_seconds:{_q(quantile)}_5m",
             f"histogram_quantile({quantile}, sum by (deployment, le) "
             f"(rate({NGINX_UPSTREAM_SECONDS}_bucket{{{L}}}[5m])))")
-    rec("deployment:vllm_requests_waiting:sum", f"sum by (deployment) (vllm:num_requests_waiting{{{V}}})")
-    rec("deployment:vllm_requests_running:sum", f"sum by (deployment) (vllm:num_requests_running{{{V}}})")
-    rec("deployment:vllm_kv_cache_usage:max", f"max by (deployment) (vllm:kv_cache_usage_perc{{{V}}})")
-    rec("deployment:vllm_prefix_cache_hits:ratio_rate5m",
+    rec("deployment:engine_requests_waiting:sum", f"sum by (deployment) (vllm:num_requests_waiting{{{V}}})")
+    rec("deployment:engine_requests_running:sum", f"sum by (deployment) (vllm:num_requests_running{{{V}}})")
+    rec("deployment:engine_kv_cache_usage:max", f"max by (deployment) (vllm:kv_cache_usage_perc{{{V}}})")
+    rec("deployment:engine_prefix_cache_hits:ratio_rate5m",
         f"sum by (deployment) (rate(vllm:prefix_cache_hits_total{{{V}}}[5m]))"
         f" / sum by (deployment) (rate(vllm:prefix_cache_queries_total{{{V}}}[5m]))")
-    rec("deployment:vllm_replicas_up:sum", f"sum by (deployment) (up{{{V}}})")
-    rec("deployment:vllm_replicas_scraped:count", f"count by (deployment) (up{{{V}}})")
-    rec("deployment:vllm_usd_per_m_output_tokens:rate5m",
+    rec("deployment:engine_replicas_up:sum", f"sum by (deployment) (up{{{V}}})")
+    rec("deployment:engine_replicas_scraped:count", f"count by (deployment) (up{{{V}}})")
+    rec("deployment:engine_usd_per_m_output_tokens:rate5m",
         "gpufleet:plan_hourly_usd / on (deployment)"
-        " (deployment:vllm_generation_tokens:rate5m * 3600 / 1e6 > 0)")  # no output, no +Inf
+        " (deployment:engine_generation_tokens:rate5m * 3600 / 1e6 > 0)")  # no output, no +Inf
     return rules
 
 
@@ -205,13 +205,13 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
     return [
         *e2e_alert(d),
         _alert("GpufleetTtftP95AboveSlo",
-               f"deployment:vllm_ttft_seconds:p95_5m{{{sel}}} > {_num(ttft_s)}", "10m", "warning", name,
+               f"deployment:engine_ttft_seconds:p95_5m{{{sel}}} > {_num(ttft_s)}", "10m", "warning", name,
                f"{name}: TTFT p95 above its SLO of {_num(slo.ttft_p95_ms)} ms",
                f"Time to first token p95 of {name} ({served}) over 5 m has been above {_num(ttft_s)} s "
                "for 10 minutes.",
                "Long prompts or queueing: look at requests waiting and prefix-cache hit rate. " + scale),
         _alert("GpufleetTpotP95AboveSlo",
-               f"deployment:vllm_tpot_seconds:p95_5m{{{sel}}} > {_num(tpot_s)}", "10m", "warning", name,
+               f"deployment:engine_tpot_seconds:p95_5m{{{sel}}} > {_num(tpot_s)}", "10m", "warning", name,
                f"{name}: TPOT p95 above its SLO of {_num(slo.tpot_p95_ms)} ms",
                f"Inter-token latency p95 of {name} ({served}) over 5 m has been above {_num(tpot_s)} s "
                "for 10 minutes.",
@@ -241,8 +241,8 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
                "Find which replica returns the errors (vllm:request_success_total by instance) and read its "
                "logs; look for requests that exceed max_model_len or bad client parameters; fix or roll back."),
         _alert("GpufleetQueueGrowingKvCacheFull",
-               f"deriv(deployment:vllm_requests_waiting:sum{{{sel}}}[10m]) > 0"
-               f" and deployment:vllm_kv_cache_usage:max{{{sel}}} > {_num(KV_FULL)}",
+               f"deriv(deployment:engine_requests_waiting:sum{{{sel}}}[10m]) > 0"
+               f" and deployment:engine_kv_cache_usage:max{{{sel}}} > {_num(KV_FULL)}",
                "5m", "warning", name,
                f"{name}: queue growing while the KV cache is over {_num(KV_FULL * 100)}% full",
                f"Requests waiting on {name} have grown for 10 minutes while a replica's KV cache is above "
@@ -275,7 +275,7 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
                "page; look for a bad rollout (image, model revision, flags) and roll back; check GPU "
                "alerts and the cloud provider's status."),
         _alert("GpufleetLoadAboveCapacity",
-               f"deployment:vllm_requests:rate5m{{{sel}}} > {_num(capacity)}", "15m", "warning", name,
+               f"deployment:engine_requests:rate5m{{{sel}}} > {_num(capacity)}", "15m", "warning", name,
                f"{name}: load above the planned capacity of {_num(capacity)} req/s",
                f"{name} has served more than {_num(capacity)} requests/s (target_qps_per_replica "
                f"{_num(round(d.chosen.target_qps_per_replica, 6))} x {d.chosen.replicas} replicas) for "
@@ -292,7 +292,7 @@ def e2e_alert(d: DeploymentPlan) -> list[dict[str, Any]]:
     name = d.deployment.name
     return [_alert(
         "GpufleetE2eP95AboveSlo",
-        f'deployment:vllm_e2e_seconds:p95_5m{{deployment="{name}"}} > {_num(e2e_ms / 1000)}', "10m", "warning", name,
+        f'deployment:engine_e2e_seconds:p95_5m{{deployment="{name}"}} > {_num(e2e_ms / 1000)}', "10m", "warning", name,
         f"{name}: end-to-end latency p95 above its SLO of {_num(e2e_ms)} ms",
         f"End-to-end request latency p95 of {name} ({d.profile.resolved_served_name}) over 5 m has been above "
         f"{_num(e2e_ms / 1000)} s for 10 minutes.",
@@ -342,7 +342,7 @@ def rules_document(plan: FleetPlan) -> dict[str, Any]:
     planned = [d for d in plan.deployments if d.chosen is not None]
     groups: list[dict[str, Any]] = [
         {"name": "gpufleet-plan", "rules": plan_rules(planned)},
-        {"name": "gpufleet-vllm-recording", "rules": recording_rules()},
+        {"name": "gpufleet-engine-recording", "rules": recording_rules()},
     ]
     for d in planned:
         groups.append({"name": f"gpufleet-alerts-{d.deployment.name}", "rules": deployment_alerts(d)})

@@ -4,9 +4,10 @@ One place that the scrape config (``prometheus_config``), the rules (``prometheu
 (``dashboards``), the Alertmanager routes, the mtail program and the tests all import, so a job or label
 renamed here is renamed everywhere.
 
-Every scraped series carries the target label ``deployment`` where it belongs to one deployment (vLLM
+Every scraped series carries the target label ``deployment`` where it belongs to one deployment (engine
 replicas always; GPU hosts when dedicated to one deployment), and Prometheus adds the external label
-``stack``. vLLM itself adds ``model_name`` (the served model name) and ``engine``.
+``stack``. Engine replicas also carry ``inference_engine`` (vllm, sglang, ...). vLLM itself adds
+``model_name`` (the served model name) and ``engine``; SGLang adds ``model_name``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # -- jobs ---------------------------------------------------------------------------------------------------
-VLLM_JOB = "vllm"  # every vLLM replica's /metrics
+ENGINE_JOB = "engine"  # every inference-engine replica's metrics (vLLM, SGLang, ...; path per engine)
 NGINX_JOB = "nginx"  # Debian prometheus-nginx-exporter reading the LB's stub_status
 NGINX_LOG_JOB = "nginx-log"  # mtail reading the LB's JSON access log: status codes and upstream times
 NODE_JOB = "node"  # prometheus-node-exporter on every host
@@ -23,6 +24,9 @@ DCGM_JOB = "dcgm"  # NVIDIA dcgm-exporter on every GPU host
 # -- target labels ------------------------------------------------------------------------------------------
 DEPLOYMENT_LABEL = "deployment"
 MODEL_LABEL = "model"  # the served model name, also on GPU-host targets, for the dashboards' model variable
+# The engine (a key of engines.yaml) on every engine target. Not `engine`: vLLM labels its own series with
+# `engine` (the engine core's index), which a target label of that name would overwrite.
+ENGINE_LABEL = "inference_engine"
 
 # -- exporter ports (each exporter's own default, so a stock install matches) --------------------------------
 NGINX_EXPORTER_PORT = 9113  # prometheus-nginx-exporter -web.listen-address default

@@ -23,18 +23,22 @@ class HuggingFaceWeights(SpecModel):
     """Repository id, e.g. meta-llama/Llama-3.1-8B-Instruct."""
     revision: str = Field(min_length=1)
     """Commit SHA (recommended: reproducible) or tag/branch."""
+    file: str | None = Field(default=None, pattern=r"^[^/].*\.gguf$")
+    """One GGUF file in the repository (llama.cpp, Ollama), e.g. Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf."""
 
 
 class S3Weights(SpecModel):
     source: Literal["s3"]
     uri: str = Field(pattern=r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$")
-    """s3://bucket/prefix/ holding a Hugging Face-format checkpoint (config.json, safetensors)."""
+    """s3://bucket/prefix/ holding a Hugging Face-format checkpoint (config.json, safetensors), or the
+    s3:// URI of one .gguf file (llama.cpp, Ollama)."""
 
 
 class LocalWeights(SpecModel):
     source: Literal["local"]
     path: str = Field(pattern=r"^/")
-    """Absolute path on the GPU host (on-prem NFS or a baked volume)."""
+    """Absolute path on the GPU host (on-prem NFS or a baked volume): a checkpoint directory, or one .gguf
+    file (llama.cpp, Ollama)."""
 
 
 def _source_tag(value: Any) -> str | None:
@@ -86,6 +90,10 @@ class LoraAdapter(SpecModel):
     """LoRA rank r of the adapter (`r` in its adapter_config.json)."""
 
 
+# The engines of infra/catalog/data/engines.yaml (a test keeps the two equal): a Literal, so the JSON schema
+# offers them to editors.
+EngineName = Literal["vllm", "sglang", "tgi", "llamacpp", "ollama", "trtllm"]
+
 EngineArgValue = str | int | float | bool | list[str | int | float] | dict[str, Any]
 
 
@@ -109,10 +117,12 @@ class ModelProfile(SpecModel):
     """KV-cache element type; auto = the model dtype. fp8 halves KV memory."""
     max_model_len: int | None = Field(default=None, ge=16, le=10_000_000)
     """Longest prompt + completion served; defaults to the architecture's maxContext."""
-    engine: Literal["vllm"] = "vllm"
-    """Inference engine; vLLM is the one supported today."""
+    engine: EngineName = "vllm"
+    """Inference engine: a key of infra/catalog/data/engines.yaml (image, arguments, health, metrics)."""
     engine_args: dict[str, EngineArgValue] = Field(default_factory=dict)
-    """Extra engine flags (vLLM flag names without --, as in `vllm serve --config`)."""
+    """Extra engine flags, names without -- (vLLM: as in `vllm serve --config`; SGLang: launch_server's
+    flags; TGI, llama.cpp, TensorRT-LLM: their long options; Ollama: OLLAMA_* variables without the prefix,
+    e.g. kv-cache-type for OLLAMA_KV_CACHE_TYPE)."""
     lora_adapters: list[LoraAdapter] = Field(default_factory=list)
 
     @field_validator("engine_args")
@@ -128,3 +138,17 @@ class ModelProfile(SpecModel):
     @property
     def resolved_served_name(self) -> str:
         return self.served_model_name or self.name
+
+    @property
+    def gguf_weights(self) -> bool:
+        """The weights are one GGUF file (llama.cpp, Ollama) rather than a checkpoint directory."""
+        return weights_file(self.weights) is not None
+
+
+def weights_file(weights: HuggingFaceWeights | S3Weights | LocalWeights) -> str | None:
+    """The GGUF file name of single-file weights, None for a checkpoint directory."""
+    if isinstance(weights, HuggingFaceWeights):
+        return weights.file
+    location = weights.uri if isinstance(weights, S3Weights) else weights.path
+    name = location.rstrip("/").rsplit("/", 1)[-1]
+    return name if name.endswith(".gguf") else None

@@ -54,7 +54,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from infra.render.telemetry import DCGM_JOB, DEPLOYMENT_LABEL, MODEL_LABEL, NGINX_JOB, VLLM_JOB
+from infra.render.telemetry import DCGM_JOB, DEPLOYMENT_LABEL, ENGINE_JOB, MODEL_LABEL, NGINX_JOB
 
 LOOPBACK = "127.0.0.1"
 DownMode = Literal["close", "503"]
@@ -979,7 +979,7 @@ class Emulator:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_ReplicaCollector(self, rep))
             target = ((DEPLOYMENT_LABEL, rep.config.deployment), (MODEL_LABEL, rep.config.served_model_name))
-            self._add_endpoint(EndpointInfo(f"vllm/{name}", VLLM_JOB, config.host, rep.config.port, target),
+            self._add_endpoint(EndpointInfo(f"vllm/{name}", ENGINE_JOB, config.host, rep.config.port, target),
                                self._vllm_renderer(registry), health=True)
         for hostname, host in self._hosts.items():
             labels: tuple[tuple[str, str], ...] = ()
@@ -1187,7 +1187,7 @@ class Emulator:
             raise KeyError(f"unknown endpoint {name!r}; have {sorted(self._endpoints)}") from None
 
     def _sync_replica_address(self, endpoint: _Endpoint) -> None:
-        if endpoint.info.job == VLLM_JOB:
+        if endpoint.info.job == ENGINE_JOB:
             self._replicas[endpoint.info.name.removeprefix("vllm/")].address = endpoint.info.address
 
     def _name_of(self, rep: _Replica) -> str:

@@ -136,9 +136,9 @@ def vllm_scrapes(two_scrapes: dict[str, tuple[dict[str, Metric], dict[str, Metri
 # -- vLLM -----------------------------------------------------------------------------------------------------
 def test_endpoints_and_file_sd(emulator: Emulator) -> None:
     jobs = sorted(e.job for e in emulator.endpoints)
-    assert jobs == ["dcgm", "dcgm", "nginx", "vllm", "vllm", "vllm"]
+    assert jobs == ["dcgm", "dcgm", "engine", "engine", "engine", "nginx"]
     assert emulator.replica_names("chat") == ["chat-0", "chat-1"]
-    sd = emulator.file_sd("vllm")
+    sd = emulator.file_sd("engine")
     assert sd[0]["labels"] == {"deployment": "chat", "model": "llama-3.1-8b-instruct"}
     assert all(str(t).startswith("127.0.0.1:") for entry in sd for t in entry["targets"])  # type: ignore[attr-defined]
     assert emulator.file_sd("dcgm")[1]["labels"] == {}  # gpu-b is not dedicated to a deployment
@@ -301,7 +301,7 @@ def test_access_log_lines(emulator: Emulator) -> None:
             assert entry["deployment"] in {"chat", "code"}
             tries = entry["upstream_addr"].split(", ")  # several when Nginx retried another replica
             assert len(tries) == len(entry["upstream_status"].split(", "))
-            assert tries[-1] in {e.address for e in emulator.endpoints if e.job == "vllm"}
+            assert tries[-1] in {e.address for e in emulator.endpoints if e.job == "engine"}
             assert float(entry["upstream_response_time"].split(", ")[-1]) <= entry["request_time"]
             assert entry["model"] in {"llama-3.1-8b-instruct", "qwen2.5-coder-7b", "sql-lora"}
     assert statuses[200] > 0.9 * len(lines)

@@ -36,7 +36,7 @@ from infra.render.prometheus_config import (
     vllm_targets,
 )
 from infra.render.prometheus_rules import render_prometheus_rules, rules_document
-from infra.render.telemetry import DCGM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, VLLM_JOB
+from infra.render.telemetry import DCGM_JOB, ENGINE_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB
 from infra.spec.alerting import Alerting
 from infra.spec.load import Project, load_stack
 from tests.e2e import services
@@ -102,7 +102,7 @@ def write_targets(plan: FleetPlan, emulator: Emulator, folder: Path, mtail_port:
     for d in plan.deployments:
         name = d.deployment.name
         replicas = [emulator.endpoint(f"vllm/{r}").address for r in emulator.replica_names(name)]
-        (folder / targets_file(VLLM_JOB, name)).write_text(vllm_targets(d, replicas), encoding="utf-8")
+        (folder / targets_file(ENGINE_JOB, name)).write_text(vllm_targets(d, replicas), encoding="utf-8")
         gpu = emulator.endpoint(f"dcgm/gpu-{name}").address
         (folder / targets_file(DCGM_JOB, name)).write_text(dcgm_targets(d, [gpu]), encoding="utf-8")
     jobs = {NGINX_JOB: emulator.endpoint("nginx").address, NGINX_LOG_JOB: f"127.0.0.1:{mtail_port}",
@@ -172,8 +172,8 @@ def test_every_target_is_up(live: Live) -> None:
     expected = len(live.plan.deployments) * (REPLICAS_PER_DEPLOYMENT + 1) + 5
     services.wait_until(all_up, DATA_TIMEOUT_S, "every target up")
     jobs = {r["metric"]["job"] for r in live.query("up")}
-    assert jobs == {VLLM_JOB, DCGM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, "prometheus", "alertmanager"}
-    labels = {r["metric"]["deployment"] for r in live.query(f'up{{job="{VLLM_JOB}"}}')}
+    assert jobs == {ENGINE_JOB, DCGM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, "prometheus", "alertmanager"}
+    labels = {r["metric"]["deployment"] for r in live.query(f'up{{job="{ENGINE_JOB}"}}')}
     assert labels == deployments(live)
 
 

@@ -121,8 +121,8 @@ def test_rendered_targets_pass_promtool(rendered: Path) -> None:
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     targets = {p.name: json.loads(p.read_text()) for p in (rendered / "prometheus/targets").glob("*.json")}
-    vllm = [t for name, groups in targets.items() if name.startswith("vllm-") for g in groups for t in g["targets"]]
-    assert sorted(vllm) == sorted(p.endpoint for p in place_onprem(plan(), load_catalog()))
+    engine = [t for name, groups in targets.items() if name.startswith("engine-") for g in groups for t in g["targets"]]
+    assert sorted(engine) == sorted(p.endpoint for p in place_onprem(plan(), load_catalog()))
 
 
 def test_eks_stacks_render_no_ansible() -> None:

@@ -189,7 +189,7 @@ def test_variables(stack: str) -> None:
             assert "model" not in variables
             continue
         model = variables["model"]
-        assert model["query"] == ('label_values(vllm:num_requests_running{job="vllm",deployment=~"$deployment"}, '
+        assert model["query"] == ('label_values(vllm:num_requests_running{job="engine",deployment=~"$deployment"}, '
                                   "model_name)")
         assert model["multi"] and model["includeAll"] and model["datasource"] == DATASOURCE
 
@@ -199,7 +199,7 @@ def test_slo_lines_are_dashed_overrides() -> None:
     for short in ("ttft", "tpot"):
         [panel] = [p for p in all_panels(board) if p["title"] == f"{short.upper()} p95 vs SLO"]
         refs = {t["expr"].split("{")[0]: t["refId"] for t in panel["targets"]}
-        assert f"deployment:vllm_{short}_seconds:p95_5m" in refs
+        assert f"deployment:engine_{short}_seconds:p95_5m" in refs
         slo_ref = refs[f"gpufleet:slo_{short}_p95_seconds"]
         [override] = panel["fieldConfig"]["overrides"]
         assert override["matcher"] == {"id": "byFrameRefID", "options": slo_ref}
@@ -256,7 +256,7 @@ def test_counters_only_inside_rate(stack: str) -> None:
 
 
 def test_counter_check_catches_raw_counters() -> None:
-    assert counters_outside_rate('sum(vllm:request_success_total{job="vllm"})') == ["vllm:request_success_total"]
+    assert counters_outside_rate('sum(vllm:request_success_total{job="engine"})') == ["vllm:request_success_total"]
     assert counters_outside_rate("histogram_quantile(0.9, sum by (le) (x_bucket))") == ["x_bucket"]
     assert counters_outside_rate("nginx_connections_accepted - nginx_connections_handled") == [
         "nginx_connections_accepted", "nginx_connections_handled"]
@@ -282,7 +282,7 @@ def test_raw_series_follow_the_variables(stack: str) -> None:
     for where, expr in panel_queries:
         for name, matchers in re.findall(r"(?<![\w:])([A-Za-z_][\w:]*)\{([^}]*)\}", expr):
             if name.startswith("vllm:"):
-                assert 'job="vllm"' in matchers and 'model_name=~"$model"' in matchers, (where, expr)
+                assert 'job="engine"' in matchers and 'model_name=~"$model"' in matchers, (where, expr)
             if not name.startswith("nginx_"):
                 assert 'deployment=~"$deployment"' in matchers, (where, name)
         bare = re.findall(r"(?<![\w:\"])((?:vllm:|deployment:|gpufleet:|DCGM_FI_)[\w:]*)(?![\w:{])", expr)
@@ -295,7 +295,7 @@ def test_recorded_series_exist(stack: str) -> None:
                 if "record" in rule}
     used = {name for _, expr in every_query(stack)
             for name in re.findall(r"(?<![\w:])[A-Za-z_]\w*:[\w:]+", expr) if not name.startswith("vllm:")}
-    assert {"gpufleet:slo_ttft_p95_seconds", "deployment:vllm_usd_per_m_output_tokens:rate5m",
+    assert {"gpufleet:slo_ttft_p95_seconds", "deployment:engine_usd_per_m_output_tokens:rate5m",
             "deployment:nginx_http_errors:ratio_rate5m"} <= used
     assert used <= recorded, f"not recorded by the rules: {sorted(used - recorded)}"
 
@@ -367,7 +367,7 @@ def test_queries_evaluate_as_intended(tmp_path: Path) -> None:
     busy, idle = plan.deployments[0], plan.deployments[1]
 
     def vllm(d: DeploymentPlan) -> str:
-        return (f'job="vllm",deployment="{d.deployment.name}",instance="{d.deployment.name}-0:8000",'
+        return (f'job="engine",deployment="{d.deployment.name}",instance="{d.deployment.name}-0:8000",'
                 f'model_name="{d.profile.resolved_served_name}",engine="0"')
 
     log = 'job="nginx-log",instance="lb-1:3903"'
@@ -377,7 +377,7 @@ def test_queries_evaluate_as_intended(tmp_path: Path) -> None:
         {"series": f'vllm:request_success_total{{{vllm(idle)},finished_reason="stop"}}', "values": "0x60"},
         {"series": f"vllm:prefix_cache_queries_total{{{vllm(busy)}}}", "values": "0+400x60"},
         {"series": f"vllm:prefix_cache_hits_total{{{vllm(busy)}}}", "values": "0+100x60"},
-        {"series": f'up{{job="vllm",deployment="{busy.deployment.name}",instance="x"}}', "values": "1x60"},
+        {"series": f'up{{job="engine",deployment="{busy.deployment.name}",instance="x"}}', "values": "1x60"},
         {"series": f'gpufleet_nginx_http_responses_total{{{log},deployment="{busy.deployment.name}",status="200"}}',
          "values": "0+600x60"},
         {"series": f'gpufleet_nginx_http_responses_total{{{log},deployment="{busy.deployment.name}",status="204"}}',

@@ -36,7 +36,7 @@ from infra.render.k8s_workloads import (
 from infra.render.prometheus_config import POD_MONITORS_PATH, SERVICE_MONITORS_PATH, render_kubernetes_monitors
 from infra.render.prometheus_rules import VLLM_METRICS_USED
 from infra.render.systemd import STOP_GRACE_S, start_timeout_s
-from infra.render.telemetry import DEPLOYMENT_LABEL, K8S_NAMESPACE, VLLM_JOB
+from infra.render.telemetry import DEPLOYMENT_LABEL, ENGINE_JOB, K8S_NAMESPACE
 from infra.render.vllm import API_KEY_ENV, render_vllm
 from infra.spec.load import Project, load_stack
 
@@ -347,7 +347,7 @@ def test_scaled_object_bounds_and_query(deployment: str) -> None:
     assert metadata["serverAddress"] == "http://kube-prometheus-stack-prometheus.monitoring.svc.cluster.local:9090"
     assert "vllm:num_requests_waiting" in VLLM_METRICS_USED
     assert metadata["query"] == (
-        f'sum(vllm:num_requests_waiting{{job="{VLLM_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})')
+        f'sum(vllm:num_requests_waiting{{job="{ENGINE_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})')
 
 
 def test_startup_budget_grows_with_the_model() -> None:

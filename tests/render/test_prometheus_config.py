@@ -29,7 +29,7 @@ from infra.render.prometheus_config import (
     vllm_targets,
 )
 from infra.render.prometheus_rules import RULES_PATH, render_prometheus_rules, rules_document
-from infra.render.telemetry import DCGM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, VLLM_JOB
+from infra.render.telemetry import DCGM_JOB, ENGINE_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB
 from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
@@ -62,7 +62,7 @@ def install(plan: FleetPlan, root: Path) -> Path:
     targets.mkdir()
     for index, d in enumerate(plan.deployments):
         hosts = [f"10.0.{index}.1", f"10.0.{index}.2:8001"]
-        (targets / targets_file(VLLM_JOB, d.deployment.name)).write_text(vllm_targets(d, hosts), encoding="utf-8")
+        (targets / targets_file(ENGINE_JOB, d.deployment.name)).write_text(vllm_targets(d, hosts), encoding="utf-8")
         (targets / targets_file(DCGM_JOB, d.deployment.name)).write_text(dcgm_targets(d, hosts[:1]),
                                                                           encoding="utf-8")
     for job in (NGINX_JOB, NGINX_LOG_JOB):
@@ -100,7 +100,7 @@ def test_every_job_the_rules_read_is_scraped(stack: str, tmp_path: Path) -> None
     config = yaml.safe_load(render_prometheus_config(plan, PrometheusLayout(config_dir=str(tmp_path)))[0].content)
     scraped = {job["job_name"] for job in config["scrape_configs"]}
     assert jobs_in_rules(plan) <= scraped
-    assert {VLLM_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, DCGM_JOB} <= scraped
+    assert {ENGINE_JOB, NGINX_JOB, NGINX_LOG_JOB, NODE_JOB, DCGM_JOB} <= scraped
     assert config["global"]["external_labels"] == {"stack": stack}
     assert config["rule_files"] == [f"{tmp_path}/rules/*.yaml"]
 

@@ -137,7 +137,7 @@ class Scenario:
 
 def vllm_labels(d: DeploymentPlan, replica: int = 0) -> str:
     name = d.deployment.name
-    return (f'job="vllm",deployment="{name}",instance="{name}-{replica}:8000",'
+    return (f'job="engine",deployment="{name}",instance="{name}-{replica}:8000",'
             f'model_name="{d.profile.resolved_served_name}",engine="0"')
 
 
@@ -208,7 +208,7 @@ def up_series(d: DeploymentPlan, r0: str, r1: str) -> Series:
 
 
 def backend_down(d: DeploymentPlan) -> Scenario:
-    down = {"job": "vllm", "instance": f"{d.deployment.name}-0:8000"}
+    down = {"job": "engine", "instance": f"{d.deployment.name}-0:8000"}
     return Scenario(Case(up_series(d, "0", "1"), "30m", [down]), Case(up_series(d, "1", "1"), "30m", []))
 
 
@@ -325,16 +325,16 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
             series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'job="nginx-log",deployment="{name}",le="+Inf"', "0+100x60"),
         ],
         "promql_expr_test": [
-            {"expr": "deployment:vllm_usd_per_m_output_tokens:rate5m", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_usd_per_m_output_tokens:rate5m"), "value": cost}]},
-            {"expr": "deployment:vllm_request_errors:ratio_rate5m", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_request_errors:ratio_rate5m"), "value": 0.01}]},
-            {"expr": "deployment:vllm_request_aborts:ratio_rate5m", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_request_aborts:ratio_rate5m"), "value": 0.01}]},
-            {"expr": "deployment:vllm_requests:rate5m", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_requests:rate5m"), "value": 100}]},
-            {"expr": "deployment:vllm_prefix_cache_hits:ratio_rate5m", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_prefix_cache_hits:ratio_rate5m"), "value": 0.25}]},
+            {"expr": "deployment:engine_usd_per_m_output_tokens:rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_usd_per_m_output_tokens:rate5m"), "value": cost}]},
+            {"expr": "deployment:engine_request_errors:ratio_rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_request_errors:ratio_rate5m"), "value": 0.01}]},
+            {"expr": "deployment:engine_request_aborts:ratio_rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_request_aborts:ratio_rate5m"), "value": 0.01}]},
+            {"expr": "deployment:engine_requests:rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_requests:rate5m"), "value": 100}]},
+            {"expr": "deployment:engine_prefix_cache_hits:ratio_rate5m", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_prefix_cache_hits:ratio_rate5m"), "value": 0.25}]},
             {"expr": out("deployment:nginx_http_errors:ratio_rate5m"), "eval_time": "30m",
              "exp_samples": [{"labels": out("deployment:nginx_http_errors:ratio_rate5m"), "value": 0.03}]},
             {"expr": f'deployment:nginx_http_errors:ratio_rate5m{{deployment="{other.deployment.name}"}}',
@@ -349,8 +349,8 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
                               "value": 0.05}]},
             {"expr": "deployment:nginx_upstream_seconds:p50_5m", "eval_time": "30m",  # half the requests within 1 s
              "exp_samples": [{"labels": out("deployment:nginx_upstream_seconds:p50_5m"), "value": 1}]},
-            {"expr": "deployment:vllm_replicas_up:sum", "eval_time": "30m",
-             "exp_samples": [{"labels": out("deployment:vllm_replicas_up:sum"), "value": 1}]},
+            {"expr": "deployment:engine_replicas_up:sum", "eval_time": "30m",
+             "exp_samples": [{"labels": out("deployment:engine_replicas_up:sum"), "value": 1}]},
         ],
     }]
 

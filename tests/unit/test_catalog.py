@@ -59,7 +59,8 @@ EXPECTED_MODELS = {
     "mistral-7b",
     "mixtral-8x7b",
 }
-EXPECTED_METHODS = {"none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"}
+EXPECTED_METHODS = {"none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes",
+                    "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"}
 
 PARAMETER_TOLERANCE = 0.02
 

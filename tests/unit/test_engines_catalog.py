@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -15,6 +15,7 @@ from infra.catalog.loader import Catalog, CatalogError, check_engine_quantizatio
 from infra.catalog.schema import ENGINE_SIGNALS, InferenceEngine
 from infra.render import prometheus_rules, vllm
 from infra.render.hostlayout import VLLM_PORT
+from infra.spec.profile import EngineName
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
@@ -79,10 +80,15 @@ def test_metric_names_carry_their_engines_prefix(catalog: Catalog) -> None:
     assert ollama.path is None and ollama.signals == {}
 
 
-def test_gguf_engines_name_no_quantization_method(catalog: Catalog) -> None:
+def test_gguf_engines_serve_exactly_the_gguf_quant_types(catalog: Catalog) -> None:
+    gguf_methods = {name for name, method in catalog.quantization.items() if method.format == "gguf"}
+    assert gguf_methods == {"q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"}
     for engine in catalog.engines.values():
-        gguf_only = engine.capabilities.weight_formats == ("gguf",)
-        assert gguf_only == (engine.capabilities.quantizations == ()), engine.name
+        listed = set(engine.capabilities.quantizations)
+        if engine.capabilities.weight_formats == ("gguf",):
+            assert listed == gguf_methods, engine.name
+        else:
+            assert not listed & gguf_methods, engine.name  # gpufleet renders GGUF for llama.cpp/Ollama only
     assert catalog.engines["llamacpp"].capabilities.tensor_parallel == "experimental"
     assert catalog.engines["ollama"].capabilities.tensor_parallel == "no"
 
@@ -125,3 +131,15 @@ def test_an_engine_quantization_must_be_a_catalog_method(catalog: Catalog) -> No
     with pytest.raises(CatalogError, match=r"engines\.sglang\.capabilities\.quantizations: 'int3'"):
         check_engine_quantizations({"sglang": engine.model_copy(update={"capabilities": capabilities})},
                                    catalog.quantization)
+
+
+def test_an_engine_quantization_must_be_in_a_format_it_loads(catalog: Catalog) -> None:
+    engine = catalog.engines["trtllm"]  # safetensors only
+    capabilities = engine.capabilities.model_copy(update={"quantizations": ("fp8", "q4_k_m")})
+    with pytest.raises(CatalogError, match=r"engines\.trtllm\.capabilities\.quantizations: 'q4_k_m' is a gguf"):
+        check_engine_quantizations({"trtllm": engine.model_copy(update={"capabilities": capabilities})},
+                                   catalog.quantization)
+
+
+def test_the_profile_engine_names_are_the_catalog_engines(catalog: Catalog) -> None:
+    assert set(get_args(EngineName)) == set(catalog.engines)

@@ -31,13 +31,13 @@ from infra.render.dashboards.sdk import (
     stat_builders,
     timeseries_builders,
 )
-from infra.render.telemetry import DEPLOYMENT_LABEL, VLLM_JOB
+from infra.render.telemetry import DEPLOYMENT_LABEL, ENGINE_JOB
 
 DATASOURCE = common_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 DEP = f'{DEPLOYMENT_LABEL}=~"$deployment"'
 MODEL = 'model_name=~"$model"'
-VLLM = f'job="{VLLM_JOB}",{DEP},{MODEL}'
+VLLM = f'job="{ENGINE_JOB}",{DEP},{MODEL}'
 """Label matchers of a raw vLLM series, filtered by both variables."""
 
 SLO_COLOR = "red"
@@ -67,7 +67,7 @@ def deployment_variable() -> dashboard_builders.QueryVariable:
 
 
 def model_variable() -> dashboard_builders.QueryVariable:
-    query = f'label_values(vllm:num_requests_running{{job="{VLLM_JOB}",{DEP}}}, model_name)'
+    query = f'label_values(vllm:num_requests_running{{job="{ENGINE_JOB}",{DEP}}}, model_name)'
     return (dashboard_builders.QueryVariable("model").label("Model").datasource(DATASOURCE)
             .query(query).definition(query).multi(True).include_all(True).all_value(ALL)
             .refresh(dashboard_models.VariableRefresh.ON_TIME_RANGE_CHANGED)

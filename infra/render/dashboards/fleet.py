@@ -20,11 +20,11 @@ ROUTED = f'{{{DEP},deployment!=""}}'
 def _now() -> Row:
     return Row("Fleet now (selected deployments)", [
         stat("Requests/s", "Completed requests per second over the last 5 minutes, summed over the selected "
-             "deployments (deployment:vllm_requests:rate5m, every finished_reason).",
-             "reqps", [Q(f"sum(deployment:vllm_requests:rate5m{D})", "req/s")]),
+             "deployments (deployment:engine_requests:rate5m, every finished_reason).",
+             "reqps", [Q(f"sum(deployment:engine_requests:rate5m{D})", "req/s")]),
         stat("Output tokens/s", "Generated tokens per second over the last 5 minutes, summed over the selected "
-             "deployments (deployment:vllm_generation_tokens:rate5m).",
-             "short", [Q(f"sum(deployment:vllm_generation_tokens:rate5m{D})", "tokens/s")]),
+             "deployments (deployment:engine_generation_tokens:rate5m).",
+             "short", [Q(f"sum(deployment:engine_generation_tokens:rate5m{D})", "tokens/s")]),
         stat("Error rate (worst)", "Client-visible error ratio over 5 m of the worst selected deployment "
              "(deployment:request_errors:ratio_rate5m: the larger of vLLM's finished_reason=\"error\" share and "
              "the LB's 5xx share; what the error-budget burn alerts use). Orange from the error budget "
@@ -33,7 +33,7 @@ def _now() -> Row:
              decimals=2, thresholds=[(None, "green"), (ERROR_BUDGET, "orange"), (FAST_BURN * ERROR_BUDGET, "red")]),
         stat("Replicas up / planned", "vLLM replicas answering Prometheus' scrape (up == 1) against the "
              "replicas the plan provisions (gpufleet:plan_replicas).",
-             "short", [Q(f"sum(deployment:vllm_replicas_up:sum{D})", "up"),
+             "short", [Q(f"sum(deployment:engine_replicas_up:sum{D})", "up"),
                        Q(f"sum(gpufleet:plan_replicas{D})", "planned")], decimals=0),
         stat("$/hour (plan)", "Hourly cost of the selected deployments' instances as planned "
              "(gpufleet:plan_hourly_usd: on-demand price x replicas; on-prem: amortised).",
@@ -41,7 +41,7 @@ def _now() -> Row:
         stat("$/1M output tokens (all)", "Planned hourly cost divided by the output tokens actually generated in the "
              "last 5 minutes (scaled to 1M tokens/hour); empty while nothing is generated.",
              "currencyUSD", [Q(f"sum(gpufleet:plan_hourly_usd{D})"
-                               f" / (sum(deployment:vllm_generation_tokens:rate5m{D}) * 3600 / 1e6 > 0)",
+                               f" / (sum(deployment:engine_generation_tokens:rate5m{D}) * 3600 / 1e6 > 0)",
                                "$/1M tokens")], decimals=2),
     ])
 
@@ -51,20 +51,20 @@ def _load() -> Row:
         timeseries("Requests/s vs planned capacity", "Completed requests per second per deployment over 5 m "
                    "(solid) against the capacity the plan sized it for (dashed: target qps per replica x "
                    "replicas, gpufleet:plan_capacity_qps). Above the line the plan's latency no longer holds.",
-                   "reqps", [Q(f"deployment:vllm_requests:rate5m{D}", "{{deployment}}"),
+                   "reqps", [Q(f"deployment:engine_requests:rate5m{D}", "{{deployment}}"),
                              Q(f"gpufleet:plan_capacity_qps{D}", "{{deployment}} capacity", line="ref")]),
         timeseries("Tokens/s", "Prompt (prefill) and generated (output) tokens per second per deployment over "
-                   "5 m (deployment:vllm_prompt_tokens:rate5m, deployment:vllm_generation_tokens:rate5m).",
-                   "short", [Q(f"deployment:vllm_prompt_tokens:rate5m{D}", "{{deployment}} prompt"),
-                             Q(f"deployment:vllm_generation_tokens:rate5m{D}", "{{deployment}} output")]),
+                   "5 m (deployment:engine_prompt_tokens:rate5m, deployment:engine_generation_tokens:rate5m).",
+                   "short", [Q(f"deployment:engine_prompt_tokens:rate5m{D}", "{{deployment}} prompt"),
+                             Q(f"deployment:engine_generation_tokens:rate5m{D}", "{{deployment}} output")]),
         timeseries("TTFT p95 vs SLO", "Time to first token, 95th percentile over 5 m per deployment, from vLLM's "
                    "histogram (solid), against the deployment's TTFT p95 SLO (dashed red, "
                    "gpufleet:slo_ttft_p95_seconds). The GpufleetTtftP95AboveSlo alert fires after 10 m above.",
-                   "s", [Q(f"deployment:vllm_ttft_seconds:p95_5m{D}", "{{deployment}} p95"),
+                   "s", [Q(f"deployment:engine_ttft_seconds:p95_5m{D}", "{{deployment}} p95"),
                          Q(f"gpufleet:slo_ttft_p95_seconds{D}", "{{deployment}} SLO", line="slo")]),
         timeseries("TPOT p95 vs SLO", "Time per output token (inter-token latency), 95th percentile over 5 m "
                    "per deployment (solid), against the TPOT p95 SLO (dashed red, gpufleet:slo_tpot_p95_seconds).",
-                   "s", [Q(f"deployment:vllm_tpot_seconds:p95_5m{D}", "{{deployment}} p95"),
+                   "s", [Q(f"deployment:engine_tpot_seconds:p95_5m{D}", "{{deployment}} p95"),
                          Q(f"gpufleet:slo_tpot_p95_seconds{D}", "{{deployment}} SLO", line="slo")]),
         timeseries("Error rate by deployment", "Per deployment over 5 m: the client-visible error ratio "
                    "(deployment:request_errors:ratio_rate5m, solid), and its two sources: the share of requests "
@@ -72,12 +72,12 @@ def _load() -> Row:
                    "routed to the deployment that were 5xx (502/503/504 include requests no replica answered). "
                    "Aborted streams are not errors.",
                    "percentunit", [Q(f"deployment:request_errors:ratio_rate5m{ROUTED}", "{{deployment}}"),
-                                   Q(f"deployment:vllm_request_errors:ratio_rate5m{D}", "{{deployment}} vLLM"),
+                                   Q(f"deployment:engine_request_errors:ratio_rate5m{D}", "{{deployment}} vLLM"),
                                    Q(f"deployment:nginx_http_errors:ratio_rate5m{ROUTED}", "{{deployment}} LB 5xx")],
                    max_val=None),
         timeseries("Replicas up vs planned", "vLLM replicas per deployment answering Prometheus' scrape "
                    "(solid) against the replicas the plan provisions (dashed, gpufleet:plan_replicas).",
-                   "short", [Q(f"deployment:vllm_replicas_up:sum{D}", "{{deployment}} up"),
+                   "short", [Q(f"deployment:engine_replicas_up:sum{D}", "{{deployment}} up"),
                              Q(f"gpufleet:plan_replicas{D}", "{{deployment}} planned", line="ref")]),
     ])
 
@@ -88,9 +88,9 @@ def _cost() -> Row:
              "(gpufleet:plan_hourly_usd).", "currencyUSD",
              [Q(f"gpufleet:plan_hourly_usd{D}", "{{deployment}}")], width=8, height=8, decimals=2),
         timeseries("$/1M output tokens", "Planned hourly cost of each deployment divided by the output tokens "
-                   "it generated over 5 m, per million tokens (deployment:vllm_usd_per_m_output_tokens:rate5m); "
+                   "it generated over 5 m, per million tokens (deployment:engine_usd_per_m_output_tokens:rate5m); "
                    "falls as utilisation rises, empty while idle.",
-                   "currencyUSD", [Q(f"deployment:vllm_usd_per_m_output_tokens:rate5m{D}", "{{deployment}}")],
+                   "currencyUSD", [Q(f"deployment:engine_usd_per_m_output_tokens:rate5m{D}", "{{deployment}}")],
                    width=8, height=8),
         timeseries("Requests/s by model", "Completed requests per second by served model name (model_name) "
                    "and deployment, from the raw vLLM counter; follows the model variable.",
