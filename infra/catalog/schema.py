@@ -271,6 +271,16 @@ class EngineCapabilities(CatalogModel):
     quantizations: tuple[str, ...] = Field(
         description="Keys of quantization.yaml the engine serves (gguf: the GGUF file's own quant type)."
     )
+    dtypes: tuple[Literal["bfloat16", "float16", "float32"], ...] = Field(
+        min_length=1, description="Activation dtypes (the profile's dtype) the server runs."
+    )
+    online_quantization: bool = Field(
+        alias="onlineQuantization",
+        description="Quantizes BF16 weights at load time (fp8, bitsandbytes); false: only pre-quantized checkpoints.",
+    )
+    kv_cache_dtypes: tuple[Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"], ...] = Field(
+        alias="kvCacheDtypes", min_length=1, description="The profile's kvCacheDtype values gpufleet renders."
+    )
     api_key: Literal["env", "flag", "none"] = Field(
         alias="apiKey", description="How the server takes a bearer key: an env var, only a flag, or not at all."
     )
@@ -296,6 +306,7 @@ class EngineThroughput(CatalogModel):
 class InferenceEngine(CatalogModel):
     name: str
     title: str = Field(description="How people write it: vLLM, SGLang, llama.cpp, ...")
+    docs: str = Field(pattern=r"^https://", description="The engine's documentation (units' Documentation=).")
     version: str = Field(description="The pinned release: image, flag list and metric names are its.")
     image: EngineImage
     port: int = Field(ge=1, le=65535, description="The server's default port.")

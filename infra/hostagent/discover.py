@@ -70,6 +70,8 @@ class Deployment:
     name: str
     ports: tuple[int, ...]
     labels: dict[str, str]
+    health_path: str | None = None
+    """The engine's readiness path (SGLang /ready, Ollama /v1/models/<name>); None: health.path."""
 
 
 @dataclass(frozen=True)
@@ -154,14 +156,18 @@ def _deployment(name: str, value: Any) -> Deployment:
     where = f"deployments.{name}"
     if not DEPLOYMENT_NAME.match(name):
         raise _fail(where, "not a deployment name (letters, digits, '-', '_', '.')")
-    body = _mapping(value, where, ("ports", "labels"))
+    body = _mapping(value, where, ("ports", "labels", "health_path"))
     ports = _required(body, "ports", where)
     if not isinstance(ports, list) or not ports:
         raise _fail(f"{where}.ports", f"expected a non-empty list of ports, got {ports!r}")
     labels = _mapping(_required(body, "labels", where), f"{where}.labels")
     for key, label in labels.items():
         _string(label, f"{where}.labels.{key}")
-    return Deployment(name, tuple(_integer(p, f"{where}.ports", 1, 65535) for p in ports), dict(labels))
+    health_path = body.get("health_path")
+    if health_path is not None and not _string(health_path, f"{where}.health_path").startswith("/"):
+        raise _fail(f"{where}.health_path", f"expected an absolute URL path, got {health_path!r}")
+    return Deployment(name, tuple(_integer(p, f"{where}.ports", 1, 65535) for p in ports), dict(labels),
+                      health_path)
 
 
 def _health(value: Any) -> Health:
@@ -361,11 +367,13 @@ def probe(url: str, timeout_s: float) -> str | None:
     return None if status == 200 else f"HTTP {status}"
 
 
-def probe_all(addresses: Sequence[str], health: Health) -> dict[str, str | None]:
+def probe_all(paths: Mapping[str, str], health: Health) -> dict[str, str | None]:
+    """Probe each address (``host:port``) on its path: None if healthy, else why not."""
+    addresses = sorted(paths)
     if not addresses:
         return {}
     with ThreadPoolExecutor(max_workers=min(MAX_PROBES, len(addresses))) as pool:
-        results = pool.map(lambda address: probe(f"http://{address}{health.path}", health.timeout_s), addresses)
+        results = pool.map(lambda address: probe(f"http://{address}{paths[address]}", health.timeout_s), addresses)
         return dict(zip(addresses, results, strict=True))
 
 
@@ -397,7 +405,9 @@ def next_members(members: Mapping[str, int], candidates: Iterable[str], probes: 
 def update_upstreams(config: Config, upstreams: Upstreams, instances: Sequence[Instance]) -> int:
     state = load_state(config.state_file)
     candidates = {name: replica_addresses(d, instances) for name, d in config.deployments.items()}
-    probes = probe_all(sorted({a for addresses in candidates.values() for a in addresses}), config.health)
+    paths = {address: config.deployments[name].health_path or config.health.path
+             for name, addresses in candidates.items() for address in addresses}
+    probes = probe_all(paths, config.health)
     members: dict[str, dict[str, int]] = {}
     written: list[Written] = []
     try:

@@ -38,7 +38,8 @@ Shapes (JSON):
 
     {"stack": "dev", "region": "us-east-1", "endpoint_url": null,
      "deployments": {"chat": {"ports": [8000, 8001],
-                              "labels": {"deployment": "chat", "model": "...", "gpu_type": "L4", ...}}},
+                              "labels": {"deployment": "chat", "model": "...", "gpu_type": "L4", ...},
+                              "health_path": "/health"}},
      "health": {"path": "/health", "timeout_s": 2.0, "failures_to_remove": 3},
      "upstreams": {"dir": "/etc/gpufleet/nginx/upstreams",
                    "check": ["nginx", "-t", "-q", "-c", "/etc/gpufleet/nginx/nginx.conf"],

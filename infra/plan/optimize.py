@@ -25,6 +25,7 @@ from infra.plan.perf import Efficiency, decode_batch, prefill_chunks
 from infra.plan.pricing import HOURS_PER_MONTH, Price, prices
 from infra.plan.replica import DoesNotFit, Precision, Replica, build_replica, resolve_limits
 from infra.spec.checks import resolve_architecture
+from infra.spec.engine_limits import PlannedLimit, max_tensor_parallel, pinned_flag
 from infra.spec.load import LoadedStack
 from infra.spec.profile import ModelProfile
 from infra.spec.stack import Deployment, Slo, StackSpec
@@ -59,7 +60,7 @@ class ReplicaConfig:
 
     @property
     def label(self) -> str:
-        quant = "" if self.quantization.vllm_name is None else f" {self.quantization.name}"
+        quant = "" if self.quantization.name == "none" else f" {self.quantization.name}"
         return f"{self.gpu.name}×{self.tp}{quant}"
 
 
@@ -182,8 +183,10 @@ def replica_configs(
         assert gpu is not None  # validated
         machines = machines_for(gpu, spec, catalog)
         pinned = EngineOverrides.of(profile).tensor_parallel_size
+        max_tp = max_tensor_parallel(deployment.max_tensor_parallel,
+                                     catalog.engines[profile.engine].capabilities.tensor_parallel)
         for tp in TP_DEGREES:
-            if tp > deployment.max_tensor_parallel or tensor_parallel_problem(arch, tp):
+            if tp > max_tp or tensor_parallel_problem(arch, tp):
                 continue
             if pinned is not None and tp != pinned:  # the profile's engineArgs fix it
                 continue
@@ -395,18 +398,21 @@ class EngineOverrides:
 
     @classmethod
     def of(cls, profile: ModelProfile) -> EngineOverrides:
-        args = profile.engine_args
+        """The limits the profile's engineArgs pin, by its engine's flag names (infra/spec/engine_limits.py)."""
 
-        def number(flag: str) -> float | None:
-            value = args.get(flag, args.get(flag.replace("-", "_")))
+        def number(limit: PlannedLimit) -> float | None:
+            pinned = pinned_flag(profile.engine, dict(profile.engine_args), limit)
+            value = pinned[1] if pinned else None
+            if isinstance(value, str) and value.isdigit():  # Ollama's variables are strings
+                return float(value)
             return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
-        seqs, tokens = number("max-num-seqs"), number("max-num-batched-tokens")
-        tp = number("tensor-parallel-size") or number("tp")
+        seqs, tokens = number("max_num_seqs"), number("max_num_batched_tokens")
+        tp = number("tensor_parallel_size")
         return cls(
             max_num_seqs=int(seqs) if seqs else None,
             max_num_batched_tokens=int(tokens) if tokens else None,
-            gpu_memory_utilization=number("gpu-memory-utilization"),
+            gpu_memory_utilization=number("gpu_memory_utilization"),
             tensor_parallel_size=int(tp) if tp else None,
         )
 

@@ -42,7 +42,7 @@ class Precision:
 
     @property
     def bits(self) -> int:
-        if self.quantization is None or self.quantization.vllm_name is None:
+        if self.quantization is None or self.quantization.name == "none":
             return 8 * DTYPE_BYTES[self.dtype]
         return self.weight_bits or self.quantization.weight_bits[0]
 
@@ -53,7 +53,8 @@ class Precision:
             return "fp32"
         if bits >= 16:
             return "bf16"
-        if bits == 8:
+        # GGUF's 8.5-bit Q8_0 runs like other 8-bit integer weights, its 5-7-bit K-quants like 4-bit ones.
+        if bits >= 8:
             return "fp8" if self.quantization is not None and self.quantization.name == "fp8" else "int8"
         return "int4"
 

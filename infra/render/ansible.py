@@ -28,6 +28,7 @@ from infra.catalog import Catalog, load_catalog
 from infra.plan.optimize import FleetPlan
 from infra.render.alertmanager import secret_files
 from infra.render.artifacts import Artifact
+from infra.render.engines import engine_launch
 from infra.render.nginx import upstream_include
 from infra.render.placement import Placement, place_onprem
 from infra.render.prometheus_config import (
@@ -94,12 +95,20 @@ def group_vars(plan: FleetPlan, secret: SecretExpression = secret_expression) ->
     deployments = {}
     for d in plan.deployments:
         assert d.chosen is not None
+        launch = engine_launch(d)
         deployments[d.deployment.name] = {
+            "name": d.deployment.name,
             "served_model_name": d.profile.resolved_served_name,
             "profile": d.profile.name,
             "gpu": d.chosen.config.gpu.name,
             "tensor_parallel": d.chosen.config.tp,
             "replicas": d.chosen.replicas,
+            "engine": launch.engine.name,
+            # vLLM deployments run gpufleet_vllm_image (the project's image); other engines their pinned one.
+            **({} if launch.engine.name == "vllm" else {"image": launch.image}),
+            "config_files": sorted(a.path for a in launch.config_files),
+            "api_key_env": launch.key_file_var,
+            "health_path": launch.ready_path,
         }
     return {
         "gpufleet_stack": plan.stack,

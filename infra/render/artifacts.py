@@ -11,6 +11,8 @@ from typing import Literal
 ArtifactKind = Literal[
     "vllm-config",
     "vllm-args",
+    "engine-config",
+    "engine-args",
     "nginx-conf",
     "systemd-unit",
     "cloud-init",

@@ -41,10 +41,10 @@ import yaml
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
+from infra.render.engines import engine_launch
 from infra.render.hostlayout import CONFIG_DIR, CONTAINER_MODELS, MODEL_CACHE, adapter_dir, weights_dir
 from infra.render.systemd import (
     EXPORTER_UNITS,
-    VLLM_IMAGE,
     env_file,
     instance_name,
     render_gpu_exporter_units,
@@ -52,7 +52,6 @@ from infra.render.systemd import (
     slots_per_machine,
 )
 from infra.render.templating import render_template
-from infra.render.vllm import API_KEY_ENV, render_vllm
 from infra.spec.profile import ModelProfile, S3Weights
 
 SYSTEMD_DIR = "/etc/systemd/system"
@@ -73,7 +72,7 @@ def user_data_path(deployment: str) -> str:
 
 def host_path(artifact: Artifact) -> str:
     """Where an embedded artifact lands on the GPU host."""
-    if artifact.kind == "vllm-config":
+    if artifact.kind in ("vllm-config", "engine-config"):
         return f"{CONFIG_DIR}/{artifact.path}"
     if artifact.kind == "systemd-unit" and artifact.path.startswith("systemd/"):
         return f"{SYSTEMD_DIR}/{artifact.path.removeprefix('systemd/')}"
@@ -131,15 +130,14 @@ def _file(path: str, content: str, permissions: str) -> dict[str, Any]:
     return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
 
 
-def embedded_artifacts(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
-    """The vLLM config and systemd units of the deployment and the host's exporter units, exactly as the other
-    renderers produce them."""
-    return sorted([a for a in render_vllm(plan) if a.kind == "vllm-config"] + render_vllm_units(plan, image)
-                  + render_gpu_exporter_units())
+def embedded_artifacts(plan: DeploymentPlan, image: str | None = None) -> list[Artifact]:
+    """The engine's config files and systemd units of the deployment and the host's exporter units, exactly as
+    the other renderers produce them."""
+    return sorted([*engine_launch(plan).config_files, *render_vllm_units(plan, image), *render_gpu_exporter_units()])
 
 
-def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_IMAGE) -> Artifact:
-    """``image``: as in render_vllm_units (the program passes the image it built and pushed)."""
+def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str | None = None) -> Artifact:
+    """``image``: as in render_vllm_units (the program passes the vLLM image it built and pushed)."""
     assert plan.chosen is not None  # render runs on feasible plans only
     name = plan.deployment.name
     spec = fleet.spec
@@ -167,7 +165,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_I
         "fetch-api-key.sh": render_template(
             "cloud-init/fetch-api-key.sh.j2", **common, source=secret.source, secret_name=secret.name,
             secret_arg=shlex.quote(secret.name), env_file=env_file(name),
-            env_dir=env_file(name).rsplit("/", 1)[0], api_key_env=API_KEY_ENV,
+            env_dir=env_file(name).rsplit("/", 1)[0], api_key_env=engine_launch(plan).key_file_var,
         ),
     }
     if syncs:
@@ -176,7 +174,7 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_I
             model_cache=MODEL_CACHE,
         )
     scripts["start-vllm.sh"] = render_template(
-        "cloud-init/start-vllm.sh.j2", **common, image=image, units=" ".join(slots),
+        "cloud-init/start-vllm.sh.j2", **common, image=engine_launch(plan).image_or(image), units=" ".join(slots),
         slot_count=len(slots), gpu_count=instance.gpu_count, tp=tp, exporters=" ".join(EXPORTER_UNITS),
     )
     scripts["bootstrap.sh"] = render_template(
@@ -195,8 +193,8 @@ def render_user_data(fleet: FleetPlan, plan: DeploymentPlan, image: str = VLLM_I
     header = (
         "#cloud-config\n"
         f"# User data of the GPU instances ({instance.name}) of deployment '{name}' (rendered by gpufleet;\n"
-        f"# do not edit). {len(slots)} vLLM slot(s) per instance; the API key is read at boot from\n"
-        f"# {secret.source}, never stored here.\n"
+        f"# do not edit). {len(slots)} {engine_launch(plan).engine.title} slot(s) per instance; the API key is read\n"
+        f"# at boot from {secret.source}, never stored here.\n"
     )
     text = header + cloud_config(config)
     if len(text.encode()) > USER_DATA_LIMIT:

@@ -4,11 +4,12 @@
 instance type and the fleet's GPUs (replicas × tp summed over deployments) fit that machine. Larger
 fleets are multi-host (systemd units, cloud-init, k8s) and get no compose file.
 
-- One service ``vllm-<deployment>-<replica>`` per replica: the pinned ``vllm/vllm-openai`` image, GPUs
+- One service ``vllm-<deployment>-<replica>`` per replica: its engine's image and command, GPUs
   reserved with ``deploy.resources.reservations.devices`` (``driver: nvidia``, explicit ``device_ids``,
   handed out in order so no two replicas share a GPU), ``ipc: host`` for tensor parallelism, the key from
   ``/etc/gpufleet/vllm/<deployment>.env`` (mode 0600, written at deploy time, never rendered), the model
-  cache and the rendered configs mounted, a healthcheck on ``/health``, ``restart: unless-stopped``.
+  cache and the rendered configs mounted, a healthcheck on the engine's readiness path with a tool its
+  image ships (``HEALTHCHECKS``), ``restart: unless-stopped``.
   Replica k of the host publishes ``127.0.0.1:<8000+k>`` — the same host ports the systemd units use.
 - ``lb``: the official nginx image (ships njs at the path nginx.conf loads) on the host network, so the
   rendered nginx.conf runs unchanged (ports 80/443, stub_status on 127.0.0.1); its per-deployment upstream
@@ -24,17 +25,16 @@ import yaml
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
+from infra.render.engines import engine_launch
 from infra.render.hostlayout import (
     CONFIG_DIR,
     CONTAINER_CONFIG,
-    CONTAINER_HF_HOME,
     CONTAINER_MODELS,
     MODEL_CACHE,
     VLLM_PORT,
 )
 from infra.render.nginx import NginxLayout, upstream_include
-from infra.render.systemd import STOP_GRACE_S, VLLM_IMAGE, env_file, start_timeout_s
-from infra.render.vllm import VLLM_VERSION, config_path, model_argument
+from infra.render.systemd import STOP_GRACE_S, env_file, start_timeout_s
 
 COMPOSE_FILE = "compose/docker-compose.yaml"
 LB_IMAGE = "nginx:1.28.0"  # official image: Debian-based (user www-data), njs module included
@@ -55,20 +55,24 @@ def fits_one_host(plan: FleetPlan) -> bool:
 def _vllm_service(plan: DeploymentPlan, gpus: list[int], port: int) -> dict[str, Any]:
     assert plan.chosen is not None
     name = plan.deployment.name
-    health = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)"
-    return {
-        "image": VLLM_IMAGE,
-        "command": [model_argument(plan.profile), "--config", f"{CONTAINER_CONFIG}/{config_path(name)}"],
-        "env_file": [env_file(name)],
-        "environment": {"HF_HOME": CONTAINER_HF_HOME},
+    launch = engine_launch(plan)
+    health_url = f"http://127.0.0.1:{launch.port}{launch.ready_path}"
+    service: dict[str, Any] = {"image": launch.image}
+    if launch.entrypoint is not None:
+        service["entrypoint"] = [launch.entrypoint]
+    service["command"] = list(launch.args)
+    if launch.api_key_env is not None:  # engines without a key variable do not get the file
+        service["env_file"] = [env_file(name)]
+    service["environment"] = dict(launch.env)
+    service.update({
         "ipc": "host",
-        "ports": [f"127.0.0.1:{port}:{VLLM_PORT}"],
+        "ports": [f"127.0.0.1:{port}:{launch.port}"],
         "volumes": [f"{MODEL_CACHE}:{CONTAINER_MODELS}", f"{CONFIG_DIR}:{CONTAINER_CONFIG}:ro"],
         "deploy": {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [str(g) for g in gpus], "capabilities": ["gpu"]},
         ]}}},
         "healthcheck": {
-            "test": ["CMD", "python3", "-c", health],
+            "test": HEALTHCHECKS[launch.engine.name](health_url),
             "interval": "15s",
             "timeout": "10s",
             "retries": 3,
@@ -76,8 +80,36 @@ def _vllm_service(plan: DeploymentPlan, gpus: list[int], port: int) -> dict[str,
         },
         "restart": "unless-stopped",
         "stop_grace_period": f"{STOP_GRACE_S}s",
-        "labels": {"gpufleet.deployment": name, "gpufleet.vllm-version": VLLM_VERSION},
-    }
+        "labels": {"gpufleet.deployment": name, "gpufleet.engine": launch.engine.name,
+                   f"gpufleet.{launch.engine.name}-version": launch.engine.version},
+    })
+    return service
+
+
+def _python_probe(url: str) -> list[str]:
+    return ["CMD", "python3", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"]
+
+
+def _curl_probe(url: str) -> list[str]:
+    return ["CMD", "curl", "--fail", "--silent", "--output", "/dev/null", url]
+
+
+def _ollama_probe(url: str) -> list[str]:
+    # The Ollama image has neither python3 nor curl; its CLI answers once the served model exists.
+    model = url.rsplit("/", 1)[-1]
+    return ["CMD", "/bin/ollama", "show", model]
+
+
+# The probe runs inside the container, so it uses what the engine's image ships: python3 in the Python servers'
+# images, curl in TGI's and llama.cpp's (llama.cpp's own HEALTHCHECK uses it), the CLI in Ollama's.
+HEALTHCHECKS = {
+    "vllm": _python_probe,
+    "sglang": _python_probe,
+    "trtllm": _python_probe,
+    "tgi": _curl_probe,
+    "llamacpp": _curl_probe,
+    "ollama": _ollama_probe,
+}
 
 
 def render_compose(plan: FleetPlan, layout: NginxLayout | None = None) -> list[Artifact]:

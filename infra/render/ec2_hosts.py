@@ -33,6 +33,7 @@ from infra.render.alertmanager import secret_files
 from infra.render.ansible import dump_vars, group_vars
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import USER_DATA_LIMIT, cloud_config
+from infra.render.engines import engine_launch
 from infra.render.hostlayout import VLLM_PORT
 from infra.render.nginx import NginxLayout
 from infra.render.prometheus_config import PrometheusLayout, deployment_labels, targets_file
@@ -125,7 +126,8 @@ def discovery(plan: FleetPlan, nginx: NginxLayout | None = None,
     return {
         "stack": plan.stack,
         "region": plan.spec.region,
-        "deployments": {d.deployment.name: {"ports": replica_ports(d), "labels": deployment_labels(d)}
+        "deployments": {d.deployment.name: {"ports": replica_ports(d), "labels": deployment_labels(d),
+                                            "health_path": engine_launch(d).ready_path}
                         for d in plan.deployments},
         "health": layout.DISCOVERY_HEALTH,
         "upstreams": {"dir": nginx.upstream_dir, "check": ["nginx", "-t", "-q", "-c", conf],

@@ -30,19 +30,20 @@ import math
 import posixpath
 from typing import Any
 
+from infra.catalog.schema import EngineMetric
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
 from infra.render.cloudinit import s3_syncs
+from infra.render.engines import EngineLaunch, engine_launch
 from infra.render.hostlayout import (
     CONTAINER_CONFIG,
     CONTAINER_HF_HOME,
     CONTAINER_MODELS,
     MODEL_CACHE,
-    VLLM_PORT,
     VLLM_UID,
 )
 from infra.render.prometheus_config import K8S_VLLM_APP, k8s_documents
-from infra.render.systemd import STOP_GRACE_S, VLLM_IMAGE, start_timeout_s
+from infra.render.systemd import STOP_GRACE_S, start_timeout_s
 from infra.render.telemetry import (
     DEPLOYMENT_LABEL,
     ENGINE_JOB,
@@ -54,7 +55,6 @@ from infra.render.telemetry import (
     K8S_VLLM_PORT_NAME,
     PROMETHEUS_PORT,
 )
-from infra.render.vllm import API_KEY_ENV, config_path, model_argument, render_vllm
 
 WORKLOADS_DIR = "k8s/workloads"
 NAMESPACE_PATH = f"{WORKLOADS_DIR}/namespace.yaml"
@@ -131,13 +131,20 @@ def _metadata(deployment: str) -> dict[str, Any]:
             "labels": {**pod_labels(deployment), **PART_OF}}
 
 
-def container_config(deployment: str) -> str:
-    """Where ``--config`` points inside the container (the systemd unit's path)."""
-    return f"{CONTAINER_CONFIG}/{config_path(deployment)}"
+def config_dir(launch: EngineLaunch) -> str:
+    """Where the engine's rendered files are inside the container (the systemd unit's paths): the ConfigMap's
+    mount point. vLLM's config is ``vllm/<d>.yaml``, the other engines' files ``engines/<d>.*``."""
+    folders = {posixpath.dirname(a.path) for a in launch.config_files} or {"engines"}
+    (folder,) = folders
+    return f"{CONTAINER_CONFIG}/{folder}"
 
 
-def vllm_config(plan: DeploymentPlan) -> str:
-    return next(a.content for a in render_vllm(plan) if a.kind == "vllm-config")
+def config_checksum(launch: EngineLaunch) -> str:
+    """sha256 of the files' contents in path order (one file: the sha256 of its content)."""
+    digest = hashlib.sha256()
+    for artifact in sorted(launch.config_files):
+        digest.update(artifact.content.encode())
+    return digest.hexdigest()
 
 
 def node_selector(plan: DeploymentPlan) -> dict[str, str]:
@@ -166,53 +173,61 @@ def shm_mib(plan: DeploymentPlan) -> int:
 
 def config_map(plan: DeploymentPlan) -> dict[str, Any]:
     name = plan.deployment.name
+    files = engine_launch(plan).config_files
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(name),
-            "data": {posixpath.basename(container_config(name)): vllm_config(plan)}}
+            "data": {posixpath.basename(a.path): a.content for a in files}}
 
 
 def service(plan: DeploymentPlan) -> dict[str, Any]:
     name = plan.deployment.name
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(name),
             "spec": {"type": "ClusterIP", "selector": pod_labels(name),
-                     "ports": [{"name": K8S_VLLM_PORT_NAME, "port": VLLM_PORT, "targetPort": K8S_VLLM_PORT_NAME,
+                     "ports": [{"name": K8S_VLLM_PORT_NAME, "port": engine_launch(plan).port,
+                                "targetPort": K8S_VLLM_PORT_NAME,
                                 "protocol": "TCP"}]}}
 
 
-def _probe(failure_threshold: int, period_s: int) -> dict[str, Any]:
-    # /health is unauthenticated (only /v1 needs the API key) and fails once the engine is dead.
-    return {"httpGet": {"path": "/health", "port": K8S_VLLM_PORT_NAME}, "periodSeconds": period_s,
+def _probe(path: str, failure_threshold: int, period_s: int) -> dict[str, Any]:
+    # The engines' health paths are unauthenticated (only /v1 needs the API key).
+    return {"httpGet": {"path": path, "port": K8S_VLLM_PORT_NAME}, "periodSeconds": period_s,
             "timeoutSeconds": 5, "failureThreshold": failure_threshold}
 
 
 def probes(plan: DeploymentPlan) -> dict[str, Any]:
-    """Startup: the unit's start-up budget (weights load + engine start); afterwards readiness takes a busy
-    replica out of the Service quickly, liveness restarts a dead engine after a minute."""
+    """Startup: the unit's start-up budget (weights load + engine start) on the readiness path; afterwards
+    readiness takes a busy replica out of the Service quickly, liveness (the engine's health path) restarts a
+    dead engine after a minute."""
+    launch = engine_launch(plan)
     return {
-        "startupProbe": _probe(math.ceil(start_timeout_s(plan) / PROBE_PERIOD_S), PROBE_PERIOD_S),
-        "readinessProbe": _probe(3, 5),
-        "livenessProbe": _probe(6, PROBE_PERIOD_S),
+        "startupProbe": _probe(launch.ready_path, math.ceil(start_timeout_s(plan) / PROBE_PERIOD_S), PROBE_PERIOD_S),
+        "readinessProbe": _probe(launch.ready_path, 3, 5),
+        "livenessProbe": _probe(launch.health_path, 6, PROBE_PERIOD_S),
     }
 
 
-def container(plan: DeploymentPlan, image: str) -> dict[str, Any]:
+def container(plan: DeploymentPlan, image: str | None) -> dict[str, Any]:
     assert plan.chosen is not None
-    name = plan.deployment.name
     resources = replica_resources(plan)
+    launch = engine_launch(plan)
+    env: list[dict[str, Any]] = []
+    if launch.api_key_env is not None:
+        env.append({"name": launch.api_key_env,
+                    "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": API_KEY_SECRET_KEY}}})
+    env += [{"name": name, "value": value} for name, value in launch.env]
+    # The same entrypoint and arguments as the unit's `docker run` (vLLM: the image's `vllm serve`).
+    command = {"command": [launch.entrypoint]} if launch.entrypoint is not None else {}
     return {
         "name": CONTAINER,
-        "image": image,
-        # The image's entrypoint is `vllm serve`: the same arguments as the unit's `docker run`.
-        "args": [model_argument(plan.profile), "--config", container_config(name)],
-        "ports": [{"name": K8S_VLLM_PORT_NAME, "containerPort": VLLM_PORT, "protocol": "TCP"}],
-        "env": [
-            {"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": API_KEY_SECRET_KEY}}},
-            {"name": "HF_HOME", "value": CONTAINER_HF_HOME},
-        ],
+        "image": launch.image_or(image),
+        **command,
+        "args": list(launch.args),
+        "ports": [{"name": K8S_VLLM_PORT_NAME, "containerPort": launch.port, "protocol": "TCP"}],
+        "env": env,
         # requests = limits: Guaranteed QoS, so the kubelet evicts a GPU replica last under node pressure.
         "resources": {"requests": dict(resources),
                       "limits": {**resources, GPU_RESOURCE: str(plan.chosen.config.tp)}},
         "volumeMounts": [
-            {"name": "config", "mountPath": posixpath.dirname(container_config(name)), "readOnly": True},
+            {"name": "config", "mountPath": config_dir(launch), "readOnly": True},
             {"name": "models", "mountPath": CONTAINER_MODELS},
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
@@ -277,7 +292,7 @@ def _spread(key: str, deployment: str) -> dict[str, Any]:
             "labelSelector": {"matchLabels": pod_labels(deployment)}}
 
 
-def pod_spec(plan: DeploymentPlan, image: str, region: str) -> dict[str, Any]:
+def pod_spec(plan: DeploymentPlan, image: str | None, region: str) -> dict[str, Any]:
     name = plan.deployment.name
     return {
         "nodeSelector": node_selector(plan),
@@ -298,10 +313,13 @@ def pod_spec(plan: DeploymentPlan, image: str, region: str) -> dict[str, Any]:
     }
 
 
-def deployment(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> dict[str, Any]:
+def deployment(plan: DeploymentPlan, region: str, image: str | None = None) -> dict[str, Any]:
     assert plan.chosen is not None
     name = plan.deployment.name
-    checksum = hashlib.sha256(vllm_config(plan).encode()).hexdigest()
+    launch = engine_launch(plan)
+    annotation = ("gpufleet.dev/vllm-config-sha256" if launch.engine.name == "vllm"
+                  else "gpufleet.dev/engine-config-sha256")
+    replicas = {} if autoscaled(plan) else {"replicas": plan.chosen.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -310,6 +328,7 @@ def deployment(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> di
             # No `replicas`: KEDA's HPA owns the count (minReplicaCount = the plan's replicas). A count here
             # would be re-applied on every `pulumi up` and fight the autoscaler (Kubernetes docs,
             # "Horizontal Pod Autoscaling: migrating Deployments to horizontal autoscaling").
+            **replicas,
             "selector": {"matchLabels": pod_labels(name)},
             # Surge one replica and remove an old one only once the new one serves: capacity never drops.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -319,7 +338,7 @@ def deployment(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> di
                 # A changed vLLM config changes the template, so the replicas roll (a ConfigMap edit alone
                 # would not restart them).
                 "metadata": {"labels": {**pod_labels(name), **PART_OF},
-                             "annotations": {"gpufleet.dev/vllm-config-sha256": checksum}},
+                             "annotations": {annotation: config_checksum(launch)}},
                 "spec": pod_spec(plan, image, region),
             },
         },
@@ -336,9 +355,21 @@ def disruption_budget(plan: DeploymentPlan) -> dict[str, Any]:
                      "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
 
 
-def queue_query(deployment: str) -> str:
+def waiting_metric(plan: DeploymentPlan) -> EngineMetric | None:
+    """The engine's waiting-requests gauge (what KEDA scales on); None where the engine has none (Ollama)."""
+    return engine_launch(plan).engine.metrics.signals.get("requests_waiting")
+
+
+def autoscaled(plan: DeploymentPlan) -> bool:
+    return waiting_metric(plan) is not None
+
+
+def queue_query(plan: DeploymentPlan) -> str:
     """Waiting requests of the deployment, with the job and deployment labels the ServiceMonitor sets."""
-    return f'sum(vllm:num_requests_waiting{{job="{ENGINE_JOB}",{DEPLOYMENT_LABEL}="{deployment}"}})'
+    metric = waiting_metric(plan)
+    assert metric is not None
+    selector = f'job="{ENGINE_JOB}",{DEPLOYMENT_LABEL}="{plan.deployment.name}"'
+    return f"sum({metric.sample()}{{{selector}}})"
 
 
 def max_replicas(plan: DeploymentPlan) -> int:
@@ -366,7 +397,7 @@ def scaled_object(plan: DeploymentPlan) -> dict[str, Any]:
                 "type": "prometheus",
                 "metricType": "AverageValue",
                 # KEDA trigger metadata values are strings.
-                "metadata": {"serverAddress": PROMETHEUS_URL, "query": queue_query(name),
+                "metadata": {"serverAddress": PROMETHEUS_URL, "query": queue_query(plan),
                              "threshold": str(WAITING_PER_REPLICA)},
             }],
         },
@@ -382,14 +413,17 @@ def namespace() -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": K8S_NAMESPACE, "labels": PART_OF}}
 
 
-def workload_objects(plan: DeploymentPlan, region: str, image: str = VLLM_IMAGE) -> list[dict[str, Any]]:
-    """One deployment's objects in apply order."""
-    return [service_account(plan), config_map(plan), service(plan), deployment(plan, region, image),
-            disruption_budget(plan), scaled_object(plan)]
+def workload_objects(plan: DeploymentPlan, region: str, image: str | None = None) -> list[dict[str, Any]]:
+    """One deployment's objects in apply order. Engines without a waiting-requests gauge (Ollama) get no
+    ScaledObject: the Deployment then holds the plan's replica count itself."""
+    objects = [service_account(plan), config_map(plan), service(plan), deployment(plan, region, image),
+               disruption_budget(plan)]
+    return [*objects, scaled_object(plan)] if autoscaled(plan) else objects
 
 
-def render_k8s_workloads(plan: FleetPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
-    """``image``: the pinned upstream image in the render; at deploy time the image the program pushed."""
+def render_k8s_workloads(plan: FleetPlan, image: str | None = None) -> list[Artifact]:
+    """``image``: None in the render (each engine's pinned image); at deploy time the vLLM image the program
+    pushed (used by vLLM deployments)."""
     if plan.spec.target != "eks":
         return []
     assert plan.spec.region is not None  # validate: an eks stack has a region

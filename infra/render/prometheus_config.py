@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from infra.catalog import load_catalog
 from infra.hostagent.formats import file_sd
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
@@ -43,6 +44,7 @@ from infra.render.telemetry import (
     DCGM_JOB,
     DEPLOYMENT_LABEL,
     ENGINE_JOB,
+    ENGINE_LABEL,
     K8S_APP_LABEL,
     K8S_DEPLOYMENT_LABEL,
     K8S_MONITORING_NAMESPACE,
@@ -102,12 +104,27 @@ class ScrapeJob:
     file_glob: str = ""
     static: str = ""
     metrics_path: str = "/metrics"
+    relabel_configs: tuple[dict[str, Any], ...] = ()
+
+
+def engine_relabelings() -> tuple[dict[str, Any], ...]:
+    """Per engine (target label inference_engine): its metrics path where it is not /metrics, and no scrape
+    at all for an engine without a Prometheus endpoint (Ollama), whose replicas the discovery still lists."""
+    rules: list[dict[str, Any]] = []
+    for name, engine in sorted(load_catalog().engines.items()):
+        match = {"source_labels": [ENGINE_LABEL], "regex": name}
+        if engine.metrics.path is None:
+            rules.append({**match, "action": "drop"})
+        elif engine.metrics.path != "/metrics":
+            rules.append({**match, "target_label": "__metrics_path__", "replacement": engine.metrics.path})
+    return tuple(rules)
 
 
 def scrape_jobs(layout: PrometheusLayout) -> list[ScrapeJob]:
     return [
-        ScrapeJob(ENGINE_JOB, "vLLM replicas: /metrics stays open when --api-key is set (only /v1 is protected).",
-                  file_glob=f"{ENGINE_JOB}-*.json"),
+        ScrapeJob(ENGINE_JOB, "Engine replicas (vLLM, SGLang, ...): metrics stay open where the engine checks a key.",
+                  file_glob=f"{ENGINE_JOB}-*.json",
+                  relabel_configs=engine_relabelings()),
         ScrapeJob(NGINX_JOB, "prometheus-nginx-exporter on each LB host, reading stub_status on loopback.",
                   file_glob=f"{NGINX_JOB}.json"),
         ScrapeJob(NGINX_LOG_JOB, "mtail on each LB host: status codes and upstream times from the access log.",
@@ -152,6 +169,7 @@ def deployment_labels(plan: DeploymentPlan) -> dict[str, str]:
     return {
         DEPLOYMENT_LABEL: plan.deployment.name,
         MODEL_LABEL: plan.profile.resolved_served_name,
+        ENGINE_LABEL: plan.profile.engine,
         # Not `gpu`: dcgm-exporter labels each series with gpu=<index>, and a target label of the same name
         # would overwrite it (the index moves to exported_gpu and alerts no longer say which GPU).
         "gpu_type": plan.chosen.config.gpu.name,
@@ -193,9 +211,12 @@ def _set_label(label: str, value: str) -> dict[str, Any]:
 
 
 def service_monitor(plan: DeploymentPlan) -> dict[str, Any]:
-    """vLLM replicas of one deployment: its Service (labels app=vllm, deployment=<name>), port `http`."""
+    """Engine replicas of one deployment: its Service (labels app=vllm, deployment=<name>), port `http`, the
+    engine's metrics path."""
     name = plan.deployment.name
     labels = deployment_labels(plan)
+    path = load_catalog().engines[plan.profile.engine].metrics.path
+    assert path is not None  # render_kubernetes_monitors leaves out engines without metrics
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -205,7 +226,7 @@ def service_monitor(plan: DeploymentPlan) -> dict[str, Any]:
             "selector": {"matchLabels": {K8S_APP_LABEL: K8S_VLLM_APP, K8S_DEPLOYMENT_LABEL: name}},
             "endpoints": [{
                 "port": K8S_VLLM_PORT_NAME,
-                "path": "/metrics",
+                "path": path,
                 "interval": "15s",
                 # The operator names the job after the Service; the rules expect job="engine".
                 "relabelings": [_set_label("job", ENGINE_JOB),
@@ -284,11 +305,15 @@ def k8s_documents(docs: Iterable[dict[str, Any]], stack: str) -> str:
     return header + yaml.dump_all(list(docs), Dumper=_K8sDumper, sort_keys=False, width=120, explicit_start=True)
 
 
+def has_metrics(plan: DeploymentPlan) -> bool:
+    return load_catalog().engines[plan.profile.engine].metrics.path is not None
+
+
 def render_kubernetes_monitors(plan: FleetPlan) -> list[Artifact]:
     planned = [d for d in plan.deployments if d.chosen is not None]
     return [
         Artifact(SERVICE_MONITORS_PATH, "k8s-manifest", None,
-                 k8s_documents((service_monitor(d) for d in planned), plan.stack)),
+                 k8s_documents((service_monitor(d) for d in planned if has_metrics(d)), plan.stack)),
         Artifact(POD_MONITORS_PATH, "k8s-manifest", None, k8s_documents(pod_monitors(planned), plan.stack)),
         Artifact(PROMETHEUS_RULE_PATH, "k8s-manifest", None, k8s_documents([prometheus_rule(plan)], plan.stack)),
     ]

@@ -10,6 +10,7 @@ from infra.render.cloudinit import render_cloudinit
 from infra.render.compose import render_compose
 from infra.render.dashboards import render_dashboards
 from infra.render.ec2_hosts import render_ec2_hosts
+from infra.render.engines import render_engines
 from infra.render.k8s_lb import render_k8s_lb
 from infra.render.k8s_workloads import render_k8s_workloads
 from infra.render.mtail import render_mtail
@@ -18,7 +19,6 @@ from infra.render.placement import NotPlaceable
 from infra.render.prometheus_config import render_prometheus_config
 from infra.render.prometheus_rules import render_prometheus_rules
 from infra.render.systemd import render_systemd
-from infra.render.vllm import render_vllm
 
 
 class NotRenderable(Exception):
@@ -30,8 +30,7 @@ def render_fleet(plan: FleetPlan) -> list[Artifact]:
     if problems:
         raise NotRenderable("; ".join(problems))
     artifacts: list[Artifact] = []
-    for deployment in plan.deployments:
-        artifacts.extend(render_vllm(deployment))
+    artifacts.extend(render_engines(plan))
     artifacts.extend(render_nginx(plan))
     artifacts.extend(render_systemd(plan))
     artifacts.extend(render_compose(plan))

@@ -16,9 +16,11 @@ Layout (paths relative to the render directory; installed under /etc/systemd/sys
 - ``systemd/gpufleet-lb.service`` — the host's Debian nginx (with libnginx-mod-http-js) on the rendered
   ``/etc/gpufleet/nginx/nginx.conf``; the config is tested (``nginx -t``) before every start and reload.
 
-The API key never appears: ``/etc/gpufleet/vllm/<deployment>.env`` (``VLLM_API_KEY=...``, mode 0600,
-root) is written at deploy time from the stack's secret and read by systemd, then handed to the container
-by name only (``--env VLLM_API_KEY``), so it is not in the unit, the docker command line or ``ps``.
+The replica's image, command, port and readiness path are its engine's (:mod:`infra.render.engines`).
+The API key never appears: ``/etc/gpufleet/vllm/<deployment>.env`` (``VLLM_API_KEY=...``, or the variable of
+the deployment's engine; mode 0600, root) is written at deploy time from the stack's secret and read by
+systemd, then handed to the container by name only (``--env VLLM_API_KEY``), so it is not in the unit, the
+docker command line or ``ps``. Engines that take no key from the environment do not get it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from dataclasses import dataclass
 
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
+from infra.render.engines import engine_launch
 from infra.render.hostlayout import (
     CONFIG_DIR,
     CONTAINER_CONFIG,
-    CONTAINER_HF_HOME,
     CONTAINER_MODELS,
     MODEL_CACHE,
     VLLM_PORT,
@@ -44,7 +46,7 @@ from infra.render.telemetry import (
     NODE_EXPORTER_PORT,
 )
 from infra.render.templating import render_template
-from infra.render.vllm import API_KEY_ENV, VLLM_VERSION, config_path, model_argument
+from infra.render.vllm import VLLM_VERSION
 
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 DOCKER = "/usr/bin/docker"  # Debian's docker.io and Docker's docker-ce both install the client here
@@ -73,7 +75,7 @@ def instance_name(deployment: str, slot: int) -> str:
 
 
 def env_file(deployment: str) -> str:
-    """Host path of the deploy-time env file holding VLLM_API_KEY (mode 0600, never rendered)."""
+    """Host path of the deploy-time env file holding the API key (mode 0600, never rendered)."""
     return f"{CONFIG_DIR}/vllm/{deployment}.env"
 
 
@@ -108,32 +110,47 @@ class Slot:
     port: int
 
 
-def render_vllm_units(plan: DeploymentPlan, image: str = VLLM_IMAGE) -> list[Artifact]:
-    """``image``: the pinned upstream image in the render; at deploy time the image the program built and
-    pushed (infra/provision/images.py), e.g. ``<ecr repository>@sha256:...``."""
+def systemd_words(args: tuple[str, ...]) -> str:
+    """Arguments as systemd's ExecStart= reads them: `$` doubled (no expansion), quoted where they have spaces."""
+    words = []
+    for arg in args:
+        word = arg.replace("$", "$$")
+        words.append(f'"{word}"' if any(c.isspace() for c in word) or not word else word)
+    return " ".join(words)
+
+
+def render_vllm_units(plan: DeploymentPlan, image: str | None = None) -> list[Artifact]:
+    """The replica template unit and slot drop-ins of a deployment, whatever its engine.
+
+    ``image``: the image the program built from images/vllm and pushed (infra/provision/images.py), e.g.
+    ``<ecr repository>@sha256:...``, used by vLLM deployments; None (the render) and other engines: the
+    engine's pinned upstream image."""
     assert plan.chosen is not None  # render runs on feasible plans only
     name = plan.deployment.name
     tp = plan.chosen.config.tp
     timeout = start_timeout_s(plan)
+    launch = engine_launch(plan)
     unit = render_template(
-        "systemd/vllm.service.j2",
+        "systemd/replica.service.j2",
         deployment=name,
-        version=VLLM_VERSION,
-        image=image,
+        title=launch.engine.title,
+        version=launch.engine.version,
+        docs=launch.engine.docs,
+        image=launch.image_or(image),
+        entrypoint=launch.entrypoint,
+        args=systemd_words(launch.args),
+        env=launch.env,
         docker=DOCKER,
         curl=CURL,
         env_file=env_file(name),
-        api_key_env=API_KEY_ENV,
+        api_key_env=launch.api_key_env,
         container=container_name(name, "%i"),
-        model=model_argument(plan.profile),
-        config=f"{CONTAINER_CONFIG}/{config_path(name)}",
         config_dir=CONFIG_DIR,
         container_config=CONTAINER_CONFIG,
         model_cache=MODEL_CACHE,
         container_models=CONTAINER_MODELS,
-        hf_home=CONTAINER_HF_HOME,
-        vllm_port=VLLM_PORT,
-        tp=tp,
+        port=launch.port,
+        ready_path=launch.ready_path,
         start_timeout=timeout,
         health_max_time=timeout - 30,
         health_delay=HEALTH_RETRY_DELAY_S,

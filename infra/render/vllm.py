@@ -106,3 +106,4 @@ def render_vllm(plan: DeploymentPlan) -> list[Artifact]:
         Artifact(config_path(name), "vllm-config", name, config),
         Artifact(f"vllm/{name}.args.json", "vllm-args", name, json.dumps(argv, indent=2) + "\n"),
     ]
+

@@ -212,7 +212,21 @@ def parse_schema(document: Mapping[str, Any]) -> FlagSchema:
 @functools.cache
 def load_schema() -> FlagSchema:
     """The checked-in schema of vLLM VLLM_VERSION (package data of infra.render)."""
-    text = resources.files("infra.render").joinpath("data", SCHEMA_FILE).read_text(encoding="utf-8")
+    schema = load_engine_schema("vllm")
+    assert schema is not None
+    return schema
+
+
+# Engines whose flag parser is generated from their published package (scripts/*_flag_schema.py).
+SCHEMA_FILES = {"vllm": SCHEMA_FILE, "sglang": "sglang-0.5.21-flags.json"}
+
+
+@functools.cache
+def load_engine_schema(engine: str) -> FlagSchema | None:
+    """The checked-in flag schema of an engine's pinned version; None where none can be generated."""
+    if engine not in SCHEMA_FILES:
+        return None
+    text = resources.files("infra.render").joinpath("data", SCHEMA_FILES[engine]).read_text(encoding="utf-8")
     return parse_schema(json.loads(text))
 
 

@@ -15,6 +15,8 @@ from infra.catalog.schema import Architecture, Gpu
 from infra.plan.memory import GIB, ReplicaMemory, replica_memory, tensor_parallel_problem
 from infra.render.vllm_flags import validate_engine_args
 from infra.spec.alerting import Alerting
+from infra.spec.engine_checks import check_engine
+from infra.spec.engine_limits import max_tensor_parallel, pinned_flag
 from infra.spec.issues import SpecIssue
 from infra.spec.locate import Locator
 from infra.spec.profile import BaseModelArchitecture, HuggingFaceWeights, ModelProfile
@@ -33,7 +35,6 @@ ONPREM_READABLE_SECRETS = ("ansible-vault", "env")
 # On eks, `pulumi up` reads every secret on the deploying machine and writes it into a Kubernetes Secret
 # (infra/provision/k8s.py SECRET_READERS).
 EKS_READABLE_SECRETS = ("aws-secrets-manager", "aws-ssm-parameter", "pulumi-config")
-TP_ARG_NAMES = ("tensor-parallel-size", "tensor_parallel_size", "tp")
 UNPINNED_REVISIONS = {"main", "master", "head"}
 
 
@@ -113,7 +114,10 @@ def _check_allowed_quantization(profile: ModelProfile, locator: Locator, catalog
 
 
 def _check_engine_args(profile: ModelProfile, locator: Locator) -> Iterator[SpecIssue]:
-    """engineArgs against the flag schema of the pinned vLLM version (names, types, choices)."""
+    """vLLM's engineArgs against the flag schema of the pinned vLLM version (names, types, choices); other
+    engines' in infra/spec/engine_checks.py."""
+    if profile.engine != "vllm":
+        return
     problems = validate_engine_args(profile.engine_args)
     for problem in problems:
         yield locator.issue(("engineArgs", problem.flag), problem.message, problem.hint,
@@ -140,6 +144,7 @@ def check_profile(profile: ModelProfile, locator: Locator, catalog: Catalog) -> 
                                 did_you_mean(base, catalog.models))
     yield from _check_allowed_quantization(profile, locator, catalog)
     yield from _check_engine_args(profile, locator)
+    yield from check_engine(profile, locator, catalog)
     method = catalog.quantization.get(profile.quantization)
     if method is None:
         yield locator.issue(("quantization",), f"unknown quantization method '{profile.quantization}'",
@@ -159,8 +164,10 @@ def check_profile(profile: ModelProfile, locator: Locator, catalog: Catalog) -> 
         if problem:
             yield locator.issue(("engineArgs", flag), problem, _tp_hint(arch))
     if isinstance(profile.weights, HuggingFaceWeights) and profile.weights.revision.lower() in UNPINNED_REVISIONS:
-        yield locator.issue(("weights", "revision"), f"'{profile.weights.revision}' moves with every push",
-                            "pin a commit SHA so every replica serves the same weights", severity="warning")
+        hint = ("Ollama cannot pin one: download the file and use source: local for fixed weights"
+                if profile.engine == "ollama" else "pin a commit SHA so every replica serves the same weights")
+        yield locator.issue(("weights", "revision"), f"'{profile.weights.revision}' moves with every push", hint,
+                            severity="warning")
     names = [adapter.name for adapter in profile.lora_adapters]
     for index, name in enumerate(names):
         if name in names[:index] or name == profile.resolved_served_name:
@@ -168,10 +175,9 @@ def check_profile(profile: ModelProfile, locator: Locator, catalog: Catalog) -> 
 
 
 def _pinned_tp(profile: ModelProfile) -> tuple[int, str] | None:
-    for name in TP_ARG_NAMES:
-        value = profile.engine_args.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value, name
+    pinned = pinned_flag(profile.engine, dict(profile.engine_args), "tensor_parallel_size")
+    if pinned is not None and isinstance(pinned[1], int) and not isinstance(pinned[1], bool):
+        return pinned[1], pinned[0]
     return None
 
 
@@ -466,10 +472,9 @@ def _check_deployment_fit(
         return
     weight_bits = profile.weight_bits or (method.weight_bits[0] if method.name != "none" else
                                           8 * _dtype_bytes(profile.dtype))
-    options = _fit_options(
-        arch, gpus=gpus, offered=offered, max_tp=deployment.max_tensor_parallel, profile=profile,
-        weight_bits=weight_bits,
-    )
+    max_tp = max_tensor_parallel(deployment.max_tensor_parallel,
+                                 catalog.engines[profile.engine].capabilities.tensor_parallel)
+    options = _fit_options(arch, gpus=gpus, offered=offered, max_tp=max_tp, profile=profile, weight_bits=weight_bits)
     if not any(option.fits(context) for option in options):
         yield locator.issue(("deployments", index, "gpus"), _no_fit_message(profile, options, context),
                             _no_fit_hint(arch, deployment, profile=profile, options=options, offered=offered,

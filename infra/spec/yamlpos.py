@@ -102,15 +102,20 @@ class _Builder:
             self.open_nodes.discard(id(node))
 
     def _mapping(self, node: yaml.MappingNode, path: PathKey) -> dict[Any, Any]:
-        self.loader.flatten_mapping(node)  # resolve YAML merge keys (<<: *anchor)
+        explicit = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        self.loader.flatten_mapping(node)  # resolve YAML merge keys (<<: *anchor): merged pairs come first
+        merged = len(node.value) - explicit
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        written: set[str] = set()  # keys written in this mapping itself (overriding a merged key is the point)
+        for index, (key_node, value_node) in enumerate(node.value):
             key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | bool | float) or key is None:
                 raise YamlSyntaxError("mapping keys must be plain scalars", _mark(key_node))
             child: PathKey = (*path, str(key))
-            if str(key) in out:
-                self.result.duplicate_keys.append((child, _mark(key_node)))
+            if index >= merged:
+                if str(key) in written:
+                    self.result.duplicate_keys.append((child, _mark(key_node)))
+                written.add(str(key))
             self.result.key_marks[child] = _mark(key_node)
             out[str(key)] = self.build(value_node, child, _mark(key_node))
         return out

@@ -112,7 +112,7 @@ def test_file_sd_labels_come_from_the_plan() -> None:
     [group] = json.loads(vllm_targets(d, ["gpu-a800-01", "gpu-a800-01:8001", "gpu-a800-01"]))
     assert group["targets"] == ["gpu-a800-01:8000", "gpu-a800-01:8001"]  # sorted, deduplicated, default port
     assert group["labels"] == {"deployment": d.deployment.name, "model": d.profile.resolved_served_name,
-                               "gpu_type": d.chosen.config.gpu.name,
+                               "inference_engine": "vllm", "gpu_type": d.chosen.config.gpu.name,
                                "instance_type": d.chosen.machine.instance.name,
                                "tensor_parallel": str(d.chosen.config.tp)}
     assert json.loads(host_targets(NODE_JOB, [])) == []  # no host yet: an empty, valid file

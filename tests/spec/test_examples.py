@@ -13,7 +13,7 @@ from infra.spec.jsonschema import stale_schemas
 from infra.spec.load import Project
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ["dev", "staging", "prod", "onprem-a800"]
+EXAMPLES = ["dev", "staging", "prod", "onprem-a800", "engines"]
 
 
 def test_examples_are_the_documented_ones() -> None:
