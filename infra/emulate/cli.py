@@ -1,5 +1,7 @@
-"""``gpufleet emulate``: serve one deployment's planned replica as an emulated vLLM server (registered in
-infra/cli.py).
+"""``gpufleet emulate``: serve one deployment's planned replica as an emulated server (registered in
+infra/cli.py). The profile's engine decides its health, readiness and metrics endpoints and its metric names
+(vLLM's full set, or another engine's catalog signals); there is no flag to override it, since the plan (and
+its capacity) is for that engine.
 
 User errors (unknown stack or deployment, bad flags, a port that cannot be bound) exit 2 with ``error: ...``
 lines and no traceback. SIGTERM and SIGINT stop the server cleanly (exit 0); the "crash" fault exits 1.
@@ -72,8 +74,9 @@ def emulate_command(  # noqa: PLR0917 - a typer command: one parameter per optio
     project_dir: Annotated[Path | None, typer.Option("--project-dir", "-C", help="Project root (default: search "
                                                      "upward).")] = None,
 ) -> None:
-    """Serve a deployment's planned replica as an OpenAI-compatible vLLM emulator (tests, demos): the planner's
-    scheduler and step times in real time, vLLM's endpoints and /metrics, injectable faults."""
+    """Serve a deployment's planned replica as an OpenAI-compatible emulator (tests, demos): the planner's
+    scheduler and step times in real time, the profile's engine's health and metrics endpoints (vLLM's by
+    default), injectable faults."""
     if fault not in FAULT_MODES:
         fail([f"error: --fault: '{fault}' is not one of {', '.join(FAULT_MODES)}"])
     plan = planned_deployment(stack, deployment, project_dir)

@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.catalog import load_catalog
 from infra.emulate.processes import (
     Service,
     alertmanager,
@@ -71,10 +72,15 @@ class Replica:
     index: int
     port: int
     service: Service
+    ready_path: str = "/health"  # the engine's readiness path (engines.yaml)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{self.address}{self.ready_path}"
 
 
 @dataclass
@@ -145,7 +151,7 @@ class LoopbackFleet:
     def restart_replica(self, deployment: str, index: int) -> None:
         """Start a killed replica again on its port and wait until it is healthy."""
         replica = self.replicas_of(deployment)[index]
-        replica.service.start().wait_ready(f"http://{replica.address}/health")
+        replica.service.start().wait_ready(replica.ready_url)
 
     # -- replicas ----------------------------------------------------------------------------------------------
 
@@ -156,8 +162,10 @@ class LoopbackFleet:
         gpufleet = program("gpufleet")
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
+        engines = load_catalog().engines
         for d in self.plan.deployments:
             assert d.chosen is not None
+            ready_path = engines[d.profile.engine].health.ready_path
             for index in range(self._replica_count(d.chosen.replicas)):
                 port = free_port()
                 args = [gpufleet, "emulate", "-C", str(self.project_dir), "-s", self.plan.stack,
@@ -165,9 +173,9 @@ class LoopbackFleet:
                         "--time-scale", repr(self.options.time_scale), *self.options.emulate_args]
                 svc = service(f"vllm-{d.deployment.name}-{index}", args, logs,
                               env={"VLLM_API_KEY": self.options.api_key})
-                self.replicas.append(Replica(d.deployment.name, index, port, svc.start()))
+                self.replicas.append(Replica(d.deployment.name, index, port, svc.start(), ready_path))
         for replica in self.replicas:
-            replica.service.wait_ready(f"http://{replica.address}/health")
+            replica.service.wait_ready(replica.ready_url)
 
     # -- the load balancer -------------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""The emulated replica's ``/metrics``: the pinned vLLM metric families, fed by the requests it really serves.
+"""The emulated vLLM replica's ``/metrics``: the pinned vLLM metric families, fed by the requests it really serves.
+
+(Replicas of the other engines expose their catalog signals instead: :mod:`infra.emulate.signals`.)
 
 Every family that vLLM 0.33 exposes by default (``reference/vllm-0.33-metrics.tsv``, ``default=True``) is
 here with vLLM's names, types and labels (``model_name``, ``engine="0"``), in one ``CollectorRegistry`` per
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from infra.emulate.engine import Request
 from infra.emulate.scheduler import Step
@@ -132,6 +135,11 @@ class ReplicaMetrics:
     def bind(self, state: EngineState) -> None:
         """Where the gauges read the engine's state (at scrape time)."""
         self._state = state
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The /metrics body and content type, negotiated by the ``Accept`` header as vLLM does."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     def _running(self) -> float:
         return float(self._state.num_running) if self._state is not None else 0.0

@@ -1,4 +1,5 @@
-"""An OpenAI-compatible HTTP server in front of the emulated engine: what a vLLM 0.33 replica answers.
+"""An OpenAI-compatible HTTP server in front of the emulated engine: what a vLLM 0.33 replica answers, or, for a
+deployment whose profile runs another engine, that engine's health, readiness and metrics endpoints.
 
 Endpoints (as vLLM's API server; ``reference/vllm.md``):
 
@@ -14,6 +15,11 @@ Endpoints (as vLLM's API server; ``reference/vllm.md``):
   ``GET|POST /ping``, ``GET /version``, ``GET /load``, ``GET /metrics`` (:mod:`infra.emulate.metrics`).
 - ``GET|POST /_emulator/faults``: the fault-injection test hook (:mod:`infra.emulate.faults`); outside
   ``/v1`` on purpose, so no OpenAI client reaches it by accident, but it needs the API key when one is set.
+
+Another engine (the profile's ``engine``, a key of ``engines.yaml``): the same OpenAI API and fault hook, its
+catalog health and readiness paths (Ollama's are ``/``) and its metrics path (TensorRT-LLM's
+``/prometheus/metrics``; Ollama has none) with its catalog signals (:mod:`infra.emulate.signals`); vLLM's
+``/ping``, ``/version`` and ``/load`` stay vLLM's. The API answers stay vLLM's format for every engine.
 
 The API key (``--api-key`` / ``VLLM_API_KEY``) is checked like vLLM does: ``Authorization: Bearer <key>`` on
 paths under ``/v1`` (and ``/v2``, ``/inference``, ``/cohere``); ``/metrics``, ``/health``, ``/ping`` stay
@@ -36,11 +42,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
+from infra.catalog import load_catalog
+from infra.catalog.schema import InferenceEngine
 from infra.emulate.engine import Engine, EngineDead, Request
 from infra.emulate.faults import FaultPlan
-from infra.emulate.metrics import CacheInfo, ReplicaMetrics, WorkModel
+from infra.emulate.metrics import CacheInfo, WorkModel
 from infra.emulate.protocol import (
     ApiError,
     Completion,
@@ -50,6 +57,7 @@ from infra.emulate.protocol import (
     sse,
     token_text,
 )
+from infra.emulate.signals import ReplicaTelemetry, replica_metrics
 from infra.plan.optimize import DeploymentPlan
 from infra.render.vllm import VLLM_VERSION
 from infra.spec.profile import HuggingFaceWeights, LocalWeights, ModelProfile, S3Weights
@@ -108,14 +116,17 @@ class Emulator:
     """One emulated replica: engine, metrics and HTTP server. Use inside a running event loop.
 
     ``on_crash`` runs after the "crash" fault closed the listener (``gpufleet emulate`` exits there).
+    ``inference_engine``: the catalog engine whose endpoints it serves (default vLLM); ``metrics`` must be
+    that engine's (:func:`~infra.emulate.signals.replica_metrics`).
     """
 
     def __init__(
         self,
         engine: Engine,
-        metrics: ReplicaMetrics,
+        metrics: ReplicaTelemetry,
         model: ServedModel,
         *,
+        inference_engine: InferenceEngine | None = None,
         api_key: str | None = None,
         faults: FaultPlan | None = None,
         on_crash: Callable[[], None] | None = None,
@@ -124,6 +135,7 @@ class Emulator:
         self.engine = engine
         self.metrics = metrics
         self.model = model
+        self.inference_engine = inference_engine or load_catalog().engines["vllm"]
         self.on_crash = on_crash
         self._key_hash = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self._rng = random.Random(seed)
@@ -152,14 +164,17 @@ class Emulator:
         faults: FaultPlan | None = None,
         on_crash: Callable[[], None] | None = None,
     ) -> Emulator:
-        """The planned replica of a deployment (its chosen option), serving the deployment's model names."""
+        """The planned replica of a deployment (its chosen option), serving the deployment's model names with
+        the endpoints and metrics of its profile's engine."""
         if plan.chosen is None:
             raise ValueError(f"deployment '{plan.deployment.name}' has no feasible plan to emulate")
         replica = plan.chosen.replica
         config = replica.engine_config()
         model = served_model(plan.profile, config.max_model_len,
                              round(plan.deployment.traffic.output_tokens.mean_tokens))
-        metrics = ReplicaMetrics(
+        inference_engine = load_catalog().engines[plan.profile.engine]
+        metrics = replica_metrics(
+            inference_engine,
             model.name,
             config,
             cache=CacheInfo(config.block_size, config.num_blocks, replica.limits.gpu_memory_utilization,
@@ -173,7 +188,8 @@ class Emulator:
         )
         engine = Engine.for_replica(replica, compute_scale=compute_scale, bandwidth_scale=bandwidth_scale,
                                     time_scale=time_scale, observer=metrics)
-        return cls(engine, metrics, model, api_key=api_key, faults=faults, on_crash=on_crash)
+        return cls(engine, metrics, model, inference_engine=inference_engine, api_key=api_key, faults=faults,
+                   on_crash=on_crash)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -243,12 +259,16 @@ class Emulator:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._text)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ping", self._health)
-        app.router.add_post("/ping", self._health)
-        app.router.add_get("/version", self._version)
-        app.router.add_get("/load", self._load)
-        app.router.add_get("/metrics", self._metrics)
+        served = self.inference_engine
+        for path in dict.fromkeys((served.health.path, served.health.ready_path)):
+            app.router.add_get(path, self._health)
+        if served.name == "vllm":  # vLLM's API server's own extras
+            app.router.add_get("/ping", self._health)
+            app.router.add_post("/ping", self._health)
+            app.router.add_get("/version", self._version)
+            app.router.add_get("/load", self._load)
+        if served.metrics.path is not None:
+            app.router.add_get(served.metrics.path, self._metrics)
         app.router.add_get("/_emulator/faults", self._get_faults)
         app.router.add_post("/_emulator/faults", self._post_faults)
         return app
@@ -279,8 +299,8 @@ class Emulator:
         return web.json_response({"server_load": self._in_flight})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.metrics.registry), headers={"Content-Type": content_type})
+        body, content_type = self.metrics.render(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _models(self, request: web.Request) -> web.Response:
         created = int(time.time())

@@ -1,4 +1,4 @@
-"""Emulated exporters for the live monitoring tests: vLLM replicas, dcgm-exporter hosts, the Nginx exporter.
+"""Emulated exporters for the live monitoring tests: engine replicas, dcgm-exporter hosts, the Nginx exporter.
 
 A real Prometheus scrapes these loopback endpoints with the rendered scrape config and rules, so every name,
 type and label here must be what the real exporters expose:
@@ -7,6 +7,12 @@ type and label here must be what the real exporters expose:
   (``reference/vllm-0.33-metrics.tsv``), served by prometheus_client (0.22.1, pinned: 0.23-0.26 make
   Prometheus 2.42 store ``vllm:x`` as ``vllm_x``) from one ``CollectorRegistry`` per replica, with the same
   content negotiation as vLLM (text 0.0.4 or OpenMetrics, by the ``Accept`` header).
+- **the other engines** (:class:`EngineReplica` with ``engine`` SGLang, TGI, llama.cpp, Ollama, TensorRT-LLM):
+  the signals the engine catalog (``infra/catalog/data/engines.yaml``) names for the engine, under its names,
+  types and labels, on its metrics path (TensorRT-LLM's ``/prometheus/metrics``; Ollama has none, its endpoint
+  answers health only), written by :class:`infra.emulate.signals.SignalSeries` (whose docstring lists the
+  approximations: vLLM-like buckets, gpufleet's HELP texts, the same values for every engine). They are fed by
+  the same simulated requests as vLLM's families; vLLM's other families (prefix cache, LoRA, ...) are vLLM's.
 - **dcgm-exporter** (one endpoint per GPU host): the default counter set of NVIDIA dcgm-exporter
   (``etc/default-counters.csv``), written as dcgm-exporter writes it (counters without ``_total``).
 - **prometheus-nginx-exporter 0.11** (Debian) over stub_status, plus the LB's JSON access log (the
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import decimal
 import hashlib
 import json
@@ -54,9 +61,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from infra.render.telemetry import DCGM_JOB, DEPLOYMENT_LABEL, ENGINE_JOB, MODEL_LABEL, NGINX_JOB
+from infra.catalog import load_catalog
+from infra.catalog.schema import InferenceEngine
+from infra.emulate.signals import SignalSeries
+from infra.render.telemetry import DCGM_JOB, DEPLOYMENT_LABEL, ENGINE_JOB, ENGINE_LABEL, MODEL_LABEL, NGINX_JOB
 
 LOOPBACK = "127.0.0.1"
+METRICS_PATH = "/metrics"  # Prometheus' default metrics_path (the exporters' and most engines' path)
 DownMode = Literal["close", "503"]
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
@@ -119,8 +130,9 @@ class LoadProfile:
 
 
 @dataclass(frozen=True)
-class VllmReplica:
-    """One vLLM server (one engine, ``engine="0"``) of a deployment."""
+class EngineReplica:
+    """One inference server of a deployment: by default vLLM (one engine core, ``engine="0"``); ``engine``
+    names another engine of the catalog (a key of ``engines.yaml``: sglang, tgi, llamacpp, ollama, trtllm)."""
 
     deployment: str
     served_model_name: str
@@ -135,6 +147,20 @@ class VllmReplica:
     kv_bytes_per_token: int = 131_072  # Llama-3-8B in bf16: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 B
     tensor_parallel_size: int = 1
     port: int = 0  # 0: a free port, kept for the emulator's lifetime
+    engine: str = "vllm"
+
+    @property
+    def inference_engine(self) -> InferenceEngine:
+        """The engine's catalog record (its metrics path, signals and health paths)."""
+        try:
+            return load_catalog().engines[self.engine]
+        except KeyError:
+            raise ValueError(f"unknown engine {self.engine!r}; the catalog has {sorted(load_catalog().engines)}"
+                             ) from None
+
+
+VllmReplica = EngineReplica
+"""The name from before other engines: a vLLM replica unless ``engine`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +190,7 @@ class NginxLb:
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    replicas: tuple[VllmReplica, ...]
+    replicas: tuple[EngineReplica, ...]
     gpu_hosts: tuple[GpuHost, ...] = ()
     nginx: NginxLb | None = field(default_factory=NginxLb)
     tick_s: float = 0.5
@@ -175,13 +201,20 @@ class EmulatorConfig:
 
 @dataclass(frozen=True)
 class EndpointInfo:
-    """Where Prometheus finds one emulated exporter, and the target labels the scrape config gives it."""
+    """Where Prometheus finds one emulated exporter, and the target labels the scrape config gives it.
 
-    name: str  # "vllm/<replica>", "dcgm/<hostname>" or "nginx"
+    An engine replica's labels are ``deployment``, ``model`` and ``inference_engine`` (the catalog key);
+    ``metrics_path`` is its engine's (None for Ollama: no metrics endpoint), ``health_paths`` its health and
+    readiness paths.
+    """
+
+    name: str  # "<engine>/<replica>" (vllm/chat-0, sglang/chat-1, ...), "dcgm/<hostname>" or "nginx"
     job: str
     host: str
     port: int
     labels: tuple[tuple[str, str], ...] = ()
+    metrics_path: str | None = METRICS_PATH
+    health_paths: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -189,7 +222,24 @@ class EndpointInfo:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}/metrics"
+        """The metrics URL (an Ollama replica has none: ValueError)."""
+        if self.metrics_path is None:
+            raise ValueError(f"{self.name} has no metrics endpoint")
+        return f"http://{self.address}{self.metrics_path}"
+
+    @property
+    def health_url(self) -> str:
+        """The health URL (engine replicas only)."""
+        if not self.health_paths:
+            raise ValueError(f"{self.name} has no health endpoint")
+        return f"http://{self.address}{self.health_paths[0]}"
+
+    def file_sd_labels(self) -> dict[str, str]:
+        """Target labels for file_sd, with ``__metrics_path__`` where the path is not Prometheus' default."""
+        labels = dict(self.labels)
+        if self.metrics_path not in {None, METRICS_PATH}:
+            labels["__metrics_path__"] = str(self.metrics_path)
+        return labels
 
 
 class EmulatorError(RuntimeError):
@@ -312,7 +362,7 @@ class _Request:
 class _VllmMetrics:
     """The replica's metric values; a counter reset (restart) is a new instance."""
 
-    def __init__(self, replica: VllmReplica, created: float) -> None:
+    def __init__(self, replica: EngineReplica, created: float) -> None:
         token_buckets = build_1_2_5_buckets(replica.max_model_len)
         self.created = created
         self.counters: dict[str, float] = {}
@@ -436,13 +486,22 @@ _HISTOGRAM_HELP = {
 }
 
 
-class _Replica:
-    """Simulation state of one vLLM replica. Every method runs under the emulator's lock."""
+def _signal_series(config: EngineReplica) -> SignalSeries:
+    return SignalSeries(config.inference_engine, config.served_model_name, FINISH_REASONS)
 
-    def __init__(self, config: VllmReplica, rng: random.Random, created: float) -> None:
+
+class _Replica:
+    """Simulation state of one engine replica. Every method runs under the emulator's lock.
+
+    ``metrics`` holds vLLM's families, ``signals`` the engine's catalog signals; both are fed by every
+    request, and the endpoint shows the one its engine has (vLLM: ``metrics``).
+    """
+
+    def __init__(self, config: EngineReplica, rng: random.Random, created: float) -> None:
         self.config = config
         self.rng = rng
         self.metrics = _VllmMetrics(config, created)
+        self.signals = _signal_series(config)
         self.in_flight: list[_Request] = []
         self.up = True
         self.error_ratio = 0.0
@@ -526,6 +585,7 @@ class _Replica:
         self.in_flight = [r for r in self.in_flight if r.finish > t1]
         for req in finished:
             m.record_finished(req)
+            self._record_signals(req)
         self._iterations(finished, t1 - t0)
         self._kv_blocks(finished)
 
@@ -542,6 +602,7 @@ class _Replica:
         if self.kv_usage >= 0.97 and running:  # out of KV blocks: the scheduler preempts running sequences
             preempted += _poisson(rng, 0.05 * len(running) * (t1 - t0))
         m.inc("num_preemptions", preempted)
+        self.signals.inc("preemptions", preempted)
         for _ in range(preempted):
             if running:
                 rng.choice(running).preemptions += 1
@@ -550,6 +611,27 @@ class _Replica:
         if adapters != self.lora_running or finished:
             self.lora_running, self.lora_updated = adapters, wall(t1)
         return finished
+
+    def reset_counters(self, created: float) -> None:
+        """A restarted process: counters and histograms from zero."""
+        self.metrics = _VllmMetrics(self.config, created)
+        self.signals = _signal_series(self.config)
+
+    def _record_signals(self, req: _Request) -> None:
+        """A finished request in the catalog signals (the same values as vLLM's families get)."""
+        signals = self.signals
+        signals.observe("ttft_seconds", req.ttft)
+        for latency, count in req.itl:
+            signals.observe("inter_token_seconds", latency, count)
+        signals.observe("e2e_seconds", req.e2e)
+        signals.inc("prompt_tokens", req.prompt)
+        signals.inc("generation_tokens", req.output)
+        signals.inc("requests_finished", reason=req.reason)
+
+    def signal_page(self) -> bytes:
+        """The catalog signals' exposition (engines other than vLLM)."""
+        return self.signals.exposition({"requests_running": self.running, "requests_waiting": self.waiting,
+                                        "kv_cache_usage": self.kv_usage})
 
     def _iterations(self, finished: list[_Request], dt: float) -> None:
         """Engine steps of the tick: generation tokens spread evenly, each prompt in one step."""
@@ -866,10 +948,9 @@ Renderer = Callable[[str | None], tuple[bytes, str]]  # Accept header -> (body, 
 class _Endpoint:
     """A loopback HTTP server in a background thread that can stop listening and listen again on its port."""
 
-    def __init__(self, info: EndpointInfo, render: Renderer, health: bool = False) -> None:
+    def __init__(self, info: EndpointInfo, render: Renderer | None) -> None:
         self.info = info
         self._render = render
-        self._health = health
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.mode: Literal["up", "503", "closed"] = "closed"
@@ -890,8 +971,7 @@ class _Endpoint:
         server = ThreadingHTTPServer((self.info.host, self.info.port), Handler)  # SO_REUSEADDR: re-bindable
         server.daemon_threads = True
         if self.info.port == 0:
-            self.info = EndpointInfo(self.info.name, self.info.job, self.info.host, server.server_address[1],
-                                     self.info.labels)
+            self.info = dataclasses.replace(self.info, port=server.server_address[1])
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"emulator {self.info.name}", daemon=True)
@@ -910,16 +990,17 @@ class _Endpoint:
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
-        if path == "/metrics" and self.mode == "up":
+        metrics = self._render is not None and path == self.info.metrics_path
+        if metrics and self._render is not None and self.mode == "up":
             try:
                 body, content_type = self._render(request.headers.get("Accept"))
             except Exception as exc:  # a broken emulator must fail the scrape visibly, not hang it
                 body, content_type, status = f"emulator error: {exc!r}\n".encode(), "text/plain", 500
             else:
                 status = 200
-        elif path in {"/metrics", "/health"} and self.mode == "503":
+        elif (metrics or path in self.info.health_paths) and self.mode == "503":
             body, content_type, status = b"Service Unavailable\n", "text/plain", 503
-        elif path == "/health" and self._health:
+        elif path in self.info.health_paths:
             body, content_type, status = b"", "application/json", 200
         else:
             body, content_type, status = b"Not Found\n", "text/plain", 404
@@ -932,14 +1013,14 @@ class _Endpoint:
 
 # -- the emulator -------------------------------------------------------------------------------------------------
 class Emulator:
-    """Emulated vLLM replicas, dcgm-exporter hosts and Nginx exporter; use as a context manager.
+    """Emulated engine replicas, dcgm-exporter hosts and Nginx exporter; use as a context manager.
 
     Replica knobs take a ``target``: a replica name, or a deployment name for all its replicas.
     """
 
     def __init__(self, config: EmulatorConfig) -> None:
         if not config.replicas:
-            raise ValueError("at least one vLLM replica")
+            raise ValueError("at least one engine replica")
         if config.tick_s <= 0:
             raise ValueError("tick_s must be > 0")
         self.config = config
@@ -976,11 +1057,7 @@ class Emulator:
 
         self._endpoints: dict[str, _Endpoint] = {}
         for name, rep in self._replicas.items():
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_ReplicaCollector(self, rep))
-            target = ((DEPLOYMENT_LABEL, rep.config.deployment), (MODEL_LABEL, rep.config.served_model_name))
-            self._add_endpoint(EndpointInfo(f"vllm/{name}", ENGINE_JOB, config.host, rep.config.port, target),
-                               self._vllm_renderer(registry), health=True)
+            self._add_replica_endpoint(name, rep)
         for hostname, host in self._hosts.items():
             labels: tuple[tuple[str, str], ...] = ()
             if host.config.deployment is not None:
@@ -1049,15 +1126,24 @@ class Emulator:
         return tuple(e.info for e in self._endpoints.values())
 
     def endpoint(self, name: str) -> EndpointInfo:
-        """By name: ``vllm/<replica>``, ``dcgm/<hostname>`` or ``nginx``."""
+        """By name: ``<engine>/<replica>`` (``vllm/chat-0``), ``dcgm/<hostname>`` or ``nginx``."""
         return self._endpoint(name).info
+
+    def replica_endpoint(self, replica: str) -> EndpointInfo:
+        """A replica's endpoint by the replica's name, whatever its engine."""
+        if replica not in self._replicas:
+            raise KeyError(f"unknown replica {replica!r}; have {sorted(self._replicas)}")
+        return self._replica_endpoint(self._replicas[replica]).info
 
     def replica_names(self, deployment: str | None = None) -> list[str]:
         return [n for n, r in self._replicas.items() if deployment in (None, r.config.deployment)]
 
     def file_sd(self, job: str) -> list[dict[str, object]]:
-        """A Prometheus file_sd document (JSON-ready) for one job: one entry per endpoint with its labels."""
-        return [{"targets": [e.address], "labels": dict(e.labels)} for e in self.endpoints if e.job == job]
+        """A Prometheus file_sd document (JSON-ready) for one job: one entry per endpoint with its labels (and
+        ``__metrics_path__`` where the engine's path is not ``/metrics``); endpoints without metrics (Ollama)
+        are left out, there is nothing to scrape."""
+        return [{"targets": [e.address], "labels": e.file_sd_labels()} for e in self.endpoints
+                if e.job == job and e.metrics_path is not None]
 
     # -- knobs: vLLM ------------------------------------------------------------------------------------------
     def set_replica_up(self, target: str, up: bool, *, mode: DownMode = "close", reset_counters: bool = False) -> None:
@@ -1068,10 +1154,10 @@ class Emulator:
         """
         with self._lock:
             for rep in self._select(target):
-                endpoint = self._endpoint(f"vllm/{self._name_of(rep)}")
+                endpoint = self._replica_endpoint(rep)
                 if up:
                     if reset_counters and not rep.up:
-                        rep.metrics = _VllmMetrics(rep.config, time.time())
+                        rep.reset_counters(time.time())
                     endpoint.open()
                     rep.up = True
                     continue
@@ -1093,8 +1179,8 @@ class Emulator:
                 rep.error_ratio = ratio
 
     def set_kv_cache_floor(self, target: str, floor: float) -> None:
-        """Lower bound of ``vllm:kv_cache_usage_perc``. From 0.95 new requests queue up (waiting grows);
-        from 0.97 running requests are also preempted now and then."""
+        """Lower bound of the KV usage gauge (``vllm:kv_cache_usage_perc``, or the engine's). From 0.95 new
+        requests queue up (waiting grows); from 0.97 running requests are also preempted now and then."""
         _check_fraction(floor)
         with self._lock:
             for rep in self._select(target):
@@ -1150,7 +1236,7 @@ class Emulator:
             self._nginx.stub_status_up = up
 
     def set_endpoint_up(self, name: str, up: bool, *, mode: DownMode = "close") -> None:
-        """Stop/restart any endpoint by name (an exporter crash); for vLLM prefer :meth:`set_replica_up`."""
+        """Stop/restart any endpoint by name (an exporter crash); for engine replicas prefer :meth:`set_replica_up`."""
         with self._lock:
             endpoint = self._endpoint(name)
             if up:
@@ -1165,8 +1251,24 @@ class Emulator:
     def _wall(self, t: float) -> float:
         return self._wall0 + (t - self._mono0)
 
-    def _add_endpoint(self, info: EndpointInfo, render: Renderer, health: bool = False) -> None:
-        self._endpoints[info.name] = _Endpoint(info, render, health)
+    def _add_endpoint(self, info: EndpointInfo, render: Renderer | None) -> None:
+        self._endpoints[info.name] = _Endpoint(info, render)
+
+    def _add_replica_endpoint(self, name: str, rep: _Replica) -> None:
+        """The replica's server: vLLM's families, or the engine's catalog signals, on its metrics path."""
+        cfg, engine = rep.config, rep.config.inference_engine
+        target = ((DEPLOYMENT_LABEL, cfg.deployment), (MODEL_LABEL, cfg.served_model_name), (ENGINE_LABEL, engine.name))
+        health = tuple(dict.fromkeys((engine.health.path, engine.health.ready_path)))
+        info = EndpointInfo(f"{engine.name}/{name}", ENGINE_JOB, self.config.host, cfg.port, target,
+                            engine.metrics.path, health)
+        render: Renderer | None = None
+        if engine.name == "vllm":  # vLLM's full family set, as its prometheus_client registry writes it
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_ReplicaCollector(self, rep))
+            render = self._vllm_renderer(registry)
+        elif engine.metrics.path is not None:
+            render = self._locked_renderer(rep.signal_page)
+        self._add_endpoint(info, render)
 
     def _vllm_renderer(self, registry: CollectorRegistry) -> Renderer:
         def render(accept: str | None) -> tuple[bytes, str]:
@@ -1188,7 +1290,10 @@ class Emulator:
 
     def _sync_replica_address(self, endpoint: _Endpoint) -> None:
         if endpoint.info.job == ENGINE_JOB:
-            self._replicas[endpoint.info.name.removeprefix("vllm/")].address = endpoint.info.address
+            self._replicas[endpoint.info.name.split("/", 1)[1]].address = endpoint.info.address
+
+    def _replica_endpoint(self, rep: _Replica) -> _Endpoint:
+        return self._endpoint(f"{rep.config.engine}/{self._name_of(rep)}")
 
     def _name_of(self, rep: _Replica) -> str:
         return next(n for n, r in self._replicas.items() if r is rep)
@@ -1333,9 +1438,9 @@ def demo_config(access_log: Path | None = None) -> EmulatorConfig:
     code = LoadProfile(request_rate=1.0, mean_prompt_tokens=3000, mean_output_tokens=400, ttft_s=0.4,
                        tpot_s=0.035)
     return EmulatorConfig(
-        replicas=(VllmReplica("chat", "llama-3.1-8b-instruct", chat), VllmReplica("chat", "llama-3.1-8b-instruct",
-                                                                                  chat),
-                  VllmReplica("code", "qwen2.5-coder-32b", code, tensor_parallel_size=2, model_params=32e9)),
+        replicas=(EngineReplica("chat", "llama-3.1-8b-instruct", chat),
+                  EngineReplica("chat", "llama-3.1-8b-instruct", chat),
+                  EngineReplica("code", "qwen2.5-coder-32b", code, tensor_parallel_size=2, model_params=32e9)),
         gpu_hosts=(GpuHost("gpu-chat-0", gpus=2, deployment="chat"),
                    GpuHost("gpu-code-0", gpus=2, deployment="code", model_name="NVIDIA A100-SXM4-80GB",
                            fb_total_mib=81_920)),
@@ -1345,7 +1450,7 @@ def demo_config(access_log: Path | None = None) -> EmulatorConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.metrics_emulator",
-                                     description="Emulated vLLM, dcgm-exporter and Nginx exporter endpoints.")
+                                     description="Emulated engine, dcgm-exporter and Nginx exporter endpoints.")
     parser.add_argument("--demo", action="store_true", help="run the demo fleet until interrupted")
     parser.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
     parser.add_argument("--access-log", type=Path, help="append the LB's JSON access log here")
@@ -1356,7 +1461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Emulator(demo_config(args.access_log)) as emulator:
         for e in emulator.endpoints:
             labels = ",".join(f"{k}={v}" for k, v in e.labels)
-            print(f"{e.job:6} {e.url}  {labels}")
+            print(f"{e.job:6} {e.url if e.metrics_path else e.health_url}  {labels}")
         if args.access_log:
             print(f"access log: {args.access_log}")
         sys.stdout.flush()

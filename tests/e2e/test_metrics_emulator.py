@@ -17,16 +17,19 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.catalog import load_catalog
 from tests.e2e.metrics_emulator import (
     DCGM_FIELDS,
     Emulator,
     EmulatorConfig,
+    EngineReplica,
     GpuHost,
     LoadProfile,
     NginxLb,
     VllmReplica,
     build_1_2_5_buckets,
 )
+from tests.engine_metrics import assert_catalog_page, promtool_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
@@ -139,7 +142,7 @@ def test_endpoints_and_file_sd(emulator: Emulator) -> None:
     assert jobs == ["dcgm", "dcgm", "engine", "engine", "engine", "nginx"]
     assert emulator.replica_names("chat") == ["chat-0", "chat-1"]
     sd = emulator.file_sd("engine")
-    assert sd[0]["labels"] == {"deployment": "chat", "model": "llama-3.1-8b-instruct"}
+    assert sd[0]["labels"] == {"deployment": "chat", "model": "llama-3.1-8b-instruct", "inference_engine": "vllm"}
     assert all(str(t).startswith("127.0.0.1:") for entry in sd for t in entry["targets"])  # type: ignore[attr-defined]
     assert emulator.file_sd("dcgm")[1]["labels"] == {}  # gpu-b is not dedicated to a deployment
     status, _, _ = get(emulator.endpoint("vllm/chat-0").url.replace("/metrics", "/health"))
@@ -403,3 +406,83 @@ def test_gpu_and_nginx_knobs(knob_emulator: Emulator) -> None:
     assert [line for line in text.splitlines() if not line.startswith("#")] == ["nginx_up 0"]
     emu.set_nginx_up(True)
     assert value(scrape(emu.endpoint("nginx").url), "nginx_up") == 1
+
+
+# -- every engine -------------------------------------------------------------------------------------------------
+ENGINES = tuple(load_catalog().engines)
+
+
+@pytest.fixture(scope="module")
+def engines_emulator() -> Iterator[Emulator]:
+    """One replica of each catalog engine, each in its own deployment (named after the engine)."""
+    config = EmulatorConfig(
+        replicas=tuple(EngineReplica(f"d-{name}", f"model-{name}", FAST, engine=name) for name in ENGINES),
+        nginx=None, tick_s=0.1, seed=11,
+    )
+    with Emulator(config) as emu:
+        yield emu
+
+
+def test_every_engine_replica_reports_its_endpoint(engines_emulator: Emulator) -> None:
+    emu = engines_emulator
+    sd = {str(entry["labels"]["inference_engine"]): entry for entry in emu.file_sd("engine")}  # type: ignore[index]
+    for name, engine in load_catalog().engines.items():
+        info = emu.replica_endpoint(f"d-{name}-0")
+        assert info.name == f"{name}/d-{name}-0" and info.job == "engine"
+        assert dict(info.labels) == {"deployment": f"d-{name}", "model": f"model-{name}", "inference_engine": name}
+        assert info.metrics_path == engine.metrics.path
+        assert set(info.health_paths) == {engine.health.path, engine.health.ready_path}
+        for path in info.health_paths:
+            assert get(f"http://{info.address}{path}")[0] == 200, (name, path)
+        if engine.metrics.path is None:  # Ollama: health only, and nothing for Prometheus to scrape
+            assert name not in sd
+            assert get(f"http://{info.address}/metrics")[0] == 404
+            with pytest.raises(ValueError):
+                _ = info.url
+            continue
+        labels = sd[name]["labels"]
+        assert isinstance(labels, dict)
+        if engine.metrics.path == "/metrics":
+            assert "__metrics_path__" not in labels
+        else:  # TensorRT-LLM: /prometheus/metrics, the plain /metrics is something else
+            assert labels["__metrics_path__"] == engine.metrics.path
+            assert get(f"http://{info.address}/metrics")[0] == 404
+        assert sd[name]["targets"] == [info.address]
+
+
+@pytest.mark.parametrize("name", [n for n in ENGINES if load_catalog().engines[n].metrics.path is not None])
+def test_every_engine_exposes_its_catalog_signals(engines_emulator: Emulator, name: str) -> None:
+    engine = load_catalog().engines[name]
+    url = engines_emulator.replica_endpoint(f"d-{name}-0").url
+    status, content_type, text = get(url)
+    assert status == 200 and content_type.startswith("text/plain")
+    assert_catalog_page(engine, text)
+    promtool_problems(engine, text)
+    signals = engine.metrics.signals
+    counter = signals.get("requests_finished") or signals["generation_tokens"]  # llama.cpp counts no requests
+    # The Python parser reads a bare counter (TGI) as <name>_total; the samples carry the engine's labels.
+    wait_for(lambda: value(scrape(url), f"{counter.name}_total") > 0)
+    if name == "sglang":
+        for sample in scrape(url)["sglang:num_requests"].samples:
+            assert sample.labels == {"model_name": "model-sglang", "engine_type": "unified"}
+    if name == "trtllm":
+        reasons = {s.labels["finished_reason"] for s in scrape(url)["trtllm_request_success"].samples}
+        assert reasons == {"stop", "length", "abort", "error"}
+
+
+def test_engine_replica_knobs(engines_emulator: Emulator) -> None:
+    emu = engines_emulator
+    info = emu.replica_endpoint("d-trtllm-0")
+    emu.set_replica_up("d-trtllm-0", False, mode="503")
+    assert get(info.url)[0] == 503 and get(info.health_url)[0] == 503
+    emu.set_replica_up("d-trtllm-0", True, reset_counters=True)
+    assert value(scrape(info.url), "trtllm_request_success_total") < 10
+    emu.set_kv_cache_floor("d-sglang-0", 0.96)
+    wait_for(lambda: value(scrape(emu.replica_endpoint("d-sglang-0").url), "sglang:token_usage") >= 0.96)
+    emu.set_kv_cache_floor("d-sglang-0", 0.0)
+    ollama = emu.replica_endpoint("d-ollama-0")
+    emu.set_replica_up("d-ollama-0", False)
+    with pytest.raises(urllib.error.URLError):
+        get(ollama.health_url)
+    emu.set_replica_up("d-ollama-0", True)
+    assert get(ollama.health_url)[0] == 200

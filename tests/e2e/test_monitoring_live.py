@@ -40,7 +40,7 @@ from infra.render.telemetry import DCGM_JOB, ENGINE_JOB, NGINX_JOB, NGINX_LOG_JO
 from infra.spec.alerting import Alerting
 from infra.spec.load import Project, load_stack
 from tests.e2e import services
-from tests.e2e.metrics_emulator import Emulator, EmulatorConfig, GpuHost, LoadProfile, NginxLb, VllmReplica
+from tests.e2e.metrics_emulator import Emulator, EmulatorConfig, EngineReplica, GpuHost, LoadProfile, NginxLb
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def emulator_config(plan: FleetPlan, access_log: Path) -> EmulatorConfig:
     hosts = []
     for d in plan.deployments:
         name = d.deployment.name
-        replicas += [VllmReplica(name, d.profile.resolved_served_name, load=load_for(d))
+        replicas += [EngineReplica(name, d.profile.resolved_served_name, load=load_for(d), engine=d.profile.engine)
                      for _ in range(REPLICAS_PER_DEPLOYMENT)]
         assert d.chosen is not None
         hosts.append(GpuHost(f"gpu-{name}", gpus=d.chosen.config.tp, model_name="NVIDIA A800-SXM4-80GB",
@@ -101,7 +101,7 @@ def write_targets(plan: FleetPlan, emulator: Emulator, folder: Path, mtail_port:
     folder.mkdir(parents=True)
     for d in plan.deployments:
         name = d.deployment.name
-        replicas = [emulator.endpoint(f"vllm/{r}").address for r in emulator.replica_names(name)]
+        replicas = [emulator.replica_endpoint(r).address for r in emulator.replica_names(name)]
         (folder / targets_file(ENGINE_JOB, name)).write_text(vllm_targets(d, replicas), encoding="utf-8")
         gpu = emulator.endpoint(f"dcgm/gpu-{name}").address
         (folder / targets_file(DCGM_JOB, name)).write_text(dcgm_targets(d, [gpu]), encoding="utf-8")
