@@ -17,15 +17,15 @@ from rich.console import Console
 from infra.bench.cli import bench_command
 from infra.calibrate.cli import calibrate_command
 from infra.catalog import load_catalog
-from infra.catalog.schema import Architecture
+from infra.catalog.schema import Architecture, InferenceEngine
 from infra.cli_common import fail, find_project
 from infra.emulate.cli import emulate_command
 from infra.plan.estimate import Load, estimate_json, run
 from infra.plan.optimize import plan_stack
 from infra.plan.perf import GpuLink
-from infra.plan.replica import DoesNotFit, Precision, build_replica, resolve_limits
+from infra.plan.replica import DoesNotFit, Precision, Replica, build_replica, resolve_limits
 from infra.plan.serialize import fleet_json
-from infra.plan.show import print_plan
+from infra.plan.show import estimate_note, print_plan
 from infra.render.artifacts import MANIFEST, write_artifacts
 from infra.render.stack import NotRenderable, render_fleet
 from infra.report.cli import report_command
@@ -157,11 +157,11 @@ def render(
     typer.echo(f"wrote {len(artifacts)} artifacts and {MANIFEST} to {out}")
 
 
-def _architecture(model: str, project: Project) -> tuple[Architecture, Precision, int | None]:
-    """A catalog model, or a profile of this project (with its precision and max length)."""
+def _architecture(model: str, project: Project) -> tuple[Architecture, Precision, int | None, InferenceEngine]:
+    """A catalog model (on vLLM), or a profile of this project (with its precision, max length and engine)."""
     catalog = load_catalog()
     if model in catalog.models:
-        return catalog.models[model].architecture, Precision(), None
+        return catalog.models[model].architecture, Precision(), None, catalog.engines["vllm"]
     if model in project.profile_names():
         issues: list[SpecIssue] = []
         loaded = load_profile(project, model, issues)
@@ -175,7 +175,7 @@ def _architecture(model: str, project: Project) -> tuple[Architecture, Precision
         assert arch is not None
         method = catalog.quantization.get(profile.quantization)
         precision = Precision(profile.dtype, method, profile.weight_bits, profile.kv_cache_dtype)
-        return arch, precision, profile.max_model_len
+        return arch, precision, profile.max_model_len, catalog.engines[profile.engine]
     names = [*catalog.models, *project.profile_names()]
     fail([f"error: --model: unknown model '{model}' ({did_you_mean(model, names)})"])
     raise AssertionError("unreachable")
@@ -204,7 +204,8 @@ def estimate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the contract) instead of a table.")] = False,
     project_dir: ProjectDir = None,
 ) -> None:
-    """Predict one configuration's throughput and latency by simulating its vLLM replica."""
+    """Predict one configuration's throughput and latency by simulating its replica (vLLM's model; a profile's
+    other engine at its catalog throughput factor, an estimate)."""
     loads = [
         (m, v)
         for m, v in (("rate", rate), ("concurrency", concurrency), ("offline", offline_requests))
@@ -219,7 +220,7 @@ def estimate(
         fail([f"error: --gpu: unknown GPU '{gpu}' ({did_you_mean(gpu, catalog.gpus)})"])
     assert gpu_record is not None
     project = find_project(project_dir)
-    arch, precision, profile_len = _architecture(model, project)
+    arch, precision, profile_len, engine = _architecture(model, project)
     precision = _override_precision(precision, dtype, quantization, kv_cache_dtype)
     issues: list[SpecIssue] = []
     calibration = load_calibration(project, issues)  # stacks/calibration.yaml, as `plan` uses it
@@ -244,7 +245,7 @@ def estimate(
         )
         try:
             replica = build_replica(arch, gpu_record, tp=tp, link=link, precision=precision, limits=limits,
-                                    calibration=calibration)
+                                    calibration=calibration, engine=engine)
             break
         except DoesNotFit as exc:
             if attempt == len(lengths) - 1:
@@ -267,8 +268,18 @@ def estimate(
         return
     for key, val in document.items():
         typer.echo(f"{key:>24}: {val}")
+    for note in _estimate_notes(replica):
+        typer.echo(f"note: {note}")
+
+
+def _estimate_notes(replica: Replica) -> list[str]:
+    """What the figures are not fitted to: the GPU architecture's measurements, the engine's own."""
+    notes = []
     if not replica.calibrated:
-        typer.echo(f"note: no calibration data for {gpu_record.architecture} GPUs; efficiencies are borrowed")
+        notes.append(f"no calibration data for {replica.gpu.architecture} GPUs; efficiencies are borrowed")
+    if replica.engine is not None and replica.engine_estimate:
+        notes.append(estimate_note(replica.engine))
+    return notes
 
 
 def _override_precision(

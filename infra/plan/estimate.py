@@ -1,7 +1,9 @@
 """``gpufleet estimate``: one configuration's predicted performance, by simulating its replica.
 
 The JSON keys are a contract (capacity issue): output_tokens_per_s, requests_per_s, ttft_ms, tpot_ms,
-e2e_ms, kv_cache_tokens, max_num_seqs, max_num_batched_tokens, weights_gib.
+e2e_ms, kv_cache_tokens, max_num_seqs, max_num_batched_tokens, weights_gib. When the replica runs an engine
+the capacity model has no calibration for (a profile's ``engine``), an ``engine`` object is added, as in
+``plan --json``: the figures are vLLM's model at that engine's throughput factor, an estimate.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from infra.plan.replica import Replica, api_overhead_s
+from infra.plan.serialize import engine_json
 from infra.plan.simulate import SimulationResult, Workload, closed_loop, offline, poisson, simulate
 
 Mode = Literal["rate", "concurrency", "offline"]
@@ -54,7 +57,7 @@ def _ms(value: float) -> float | None:
 
 def estimate_json(replica: Replica, result: SimulationResult) -> dict[str, Any]:
     pct = {q: result.percentiles(q) for q in (50, 90, 99)}
-    return {
+    document = {
         "output_tokens_per_s": round(result.output_tokens_per_s, 3),
         "requests_per_s": round(result.requests_per_s, 4),
         "ttft_ms": {f"p{q}": _ms(pct[q]["ttft_s"]) for q in (50, 90, 99)},
@@ -65,3 +68,6 @@ def estimate_json(replica: Replica, result: SimulationResult) -> dict[str, Any]:
         "max_num_batched_tokens": replica.limits.max_num_batched_tokens,
         "weights_gib": round(replica.weights_gib, 3),
     }
+    if replica.engine is not None and replica.engine_estimate:
+        document["engine"] = engine_json(replica.engine)
+    return document

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from infra.catalog import Catalog, load_catalog
-from infra.catalog.schema import Architecture, Gpu, InstanceType, QuantizationMethod
+from infra.catalog.schema import Architecture, Gpu, InferenceEngine, InstanceType, QuantizationMethod
 from infra.plan.capacity import Capacity, Latency, Traffic, max_rate, probe, saturation
 from infra.plan.memory import tensor_parallel_problem
 from infra.plan.perf import Efficiency, decode_batch, prefill_chunks
@@ -108,6 +108,16 @@ class DeploymentPlan:
     alternatives: list[Option] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+
+    @property
+    def engine(self) -> InferenceEngine:
+        """The profile's engine (catalog record): its throughput factor scales every option's step times."""
+        return load_catalog().engines[self.profile.engine]
+
+    @property
+    def estimate(self) -> bool:
+        """The figures are vLLM's capacity model scaled by a throughput factor not fitted to this engine."""
+        return not self.engine.throughput.calibrated
 
 
 @dataclass
@@ -426,7 +436,8 @@ def profile_replica(
     efficiency: Efficiency | None = None,
 ) -> Replica:
     """The replica a profile runs as in ``config``: its precision, its pinned engine limits, vLLM's defaults
-    for the rest (what render writes into the vLLM config); step times as ``build_replica`` says."""
+    for the rest (what render writes into the vLLM config); step times as ``build_replica`` says, at the
+    speed of the profile's engine (its catalog throughput factor)."""
     bits = profile.weight_bits if config.quantization.name == profile.quantization else None
     precision = Precision(profile.dtype, config.quantization, bits, profile.kv_cache_dtype)
     pinned = EngineOverrides.of(profile)
@@ -444,6 +455,7 @@ def profile_replica(
         limits=limits,
         calibration=calibration,
         efficiency=efficiency,
+        engine=load_catalog().engines[profile.engine],
     )
 
 

@@ -1,4 +1,4 @@
-"""Time of one vLLM engine step on one replica, from roofline bounds and fitted efficiencies.
+"""Time of one engine step on one replica, from roofline bounds and fitted efficiencies (fitted to vLLM).
 
 A step runs every layer once over the step's tokens (prefill chunks + one token per decoding sequence):
 
@@ -16,6 +16,12 @@ A step runs every layer once over the step's tokens (prefill chunks + one token 
 Efficiencies are per GPU architecture in ``data/efficiency.yaml``, produced by ``scripts/fit_efficiency.py``
 from ``../shared/calibration``; architectures without measurements borrow the closest one and are
 reported as uncalibrated.
+
+The model is vLLM's. Another engine (SGLang, llama.cpp, ...) runs the same batch at its catalog throughput
+factor relative to vLLM (``engines.yaml`` ``throughput.factor``, :attr:`ReplicaShape.engine_speed`): every
+step takes vLLM's time divided by the factor. The scheduler, KV cache and memory stay vLLM's, so a replica's
+saturation throughput scales by the factor and its step-bound latencies (TPOT, prefill, queueing) by its
+inverse; an engine without its own measurements is an estimate.
 """
 
 from __future__ import annotations
@@ -138,6 +144,9 @@ class ReplicaShape:
     activation_bytes: int
     kv_bytes_per_element: float
     link: GpuLink
+    engine_speed: float = 1.0
+    """The engine's throughput relative to vLLM's (catalog ``throughput.factor``): a step takes vLLM's time
+    divided by it. 1.0 is vLLM, the engine the efficiencies are fitted to."""
 
 
 class StepTimeModel:
@@ -262,14 +271,16 @@ class StepTimeModel:
         return cached
 
     def step_seconds(self, batch: StepBatch) -> float:
+        """The whole step (layers, LM head, engine overhead) at the engine's speed relative to vLLM."""
         tokens = batch.prefill_tokens + batch.decode_seqs
         if tokens == 0:
             return 0.0
-        return (
+        vllm_seconds = (
             self.shape.arch.layers * self.layer_seconds(batch)
             + self.lm_head_seconds(batch.sampled_seqs)
             + self._step_overhead
         )
+        return vllm_seconds / self.shape.engine_speed  # exact for vLLM (x / 1.0 == x)
 
     def decode_step_affine(self, decode_seqs: int) -> tuple[float, float]:
         """(a, b) with step_seconds = a + b · decode_context for a decode-only step of ``decode_seqs``
@@ -280,7 +291,8 @@ class StepTimeModel:
             + self.lm_head_seconds(decode_seqs)
             + self._step_overhead
         )
-        return base, layers * self._kv_seconds_per_token
+        speed = self.shape.engine_speed  # as in step_seconds: both terms at the engine's speed
+        return base / speed, layers * self._kv_seconds_per_token / speed
 
 
 def decode_batch(seqs: int, context: int) -> StepBatch:

@@ -1,8 +1,10 @@
-"""One vLLM replica: a model on ``tp`` GPUs with engine limits — its memory, KV capacity and step times.
+"""One replica: a model on ``tp`` GPUs with engine limits — its memory, KV capacity and step times.
 
 This is where a profile's precision choices meet the hardware: the quantization method and width decide
 the bytes streamed per weight and which tensor cores run the math; the engine limits follow vLLM's own
-defaults for the GPU and entry point unless given.
+defaults for the GPU and entry point unless given. The model is vLLM's; a replica of another engine takes
+vLLM's step times divided by the engine's catalog throughput factor (memory and limits unchanged), an
+estimate unless the engine is calibrated.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from infra.catalog.schema import Architecture, Gpu, QuantizationMethod
+from infra.catalog.schema import Architecture, Gpu, InferenceEngine, QuantizationMethod
 from infra.plan.memory import (
     DTYPE_BYTES,
     GIB,
@@ -101,6 +103,8 @@ class Replica:
     step: StepTimeModel
     calibration: GpuCalibration | None = None
     """The project's bench calibration of this GPU, when the step times use it."""
+    engine: InferenceEngine | None = None
+    """The engine's catalog record when given; None is vLLM as the capacity model knows it (factor 1)."""
 
     @property
     def kv_cache_tokens(self) -> int:
@@ -118,7 +122,13 @@ class Replica:
 
     @property
     def calibrated(self) -> bool:
+        """The GPU architecture's efficiencies are fitted to measurements (not the engine: see engine_estimate)."""
         return self.step.eff.calibrated
+
+    @property
+    def engine_estimate(self) -> bool:
+        """The step times are vLLM's scaled by the engine's throughput factor, not fitted to this engine."""
+        return self.engine is not None and not self.engine.throughput.calibrated
 
     def engine_config(self, request_overhead_s: float = 0.0) -> EngineConfig:
         return EngineConfig(
@@ -145,11 +155,12 @@ def build_replica(
     limits: EngineLimits,
     calibration: Calibration | None = None,
     efficiency: Efficiency | None = None,
+    engine: InferenceEngine | None = None,
 ) -> Replica:
     """A replica that vLLM would start, or ``DoesNotFit`` saying why not.
 
     Step times use ``efficiency`` if given, else the architecture's efficiencies scaled by ``calibration``'s
-    entry for this GPU (see ``efficiency_for``).
+    entry for this GPU (see ``efficiency_for``), divided by ``engine``'s throughput factor (vLLM: 1).
     """
     problem = tensor_parallel_problem(arch, tp)
     if problem:
@@ -191,6 +202,7 @@ def build_replica(
         activation_bytes=DTYPE_BYTES[precision.dtype],
         kv_bytes_per_element=kv_bytes,
         link=link,
+        engine_speed=engine.throughput.factor if engine is not None else 1.0,
     )
     return Replica(
         arch=arch,
@@ -202,4 +214,5 @@ def build_replica(
         memory=memory,
         step=StepTimeModel(shape, efficiency or efficiency_for(gpu, calibration)),
         calibration=calibration.for_gpu(gpu.name) if calibration is not None and efficiency is None else None,
+        engine=engine,
     )

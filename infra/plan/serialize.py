@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.calibrate.model import GpuCalibration
+from infra.catalog.schema import InferenceEngine
 from infra.plan.capacity import Latency
 from infra.plan.optimize import DeploymentPlan, FleetPlan, Option
 
@@ -75,12 +76,26 @@ def calibration_json(entry: GpuCalibration | None) -> dict[str, Any] | None:
     }
 
 
+def engine_json(engine: InferenceEngine) -> dict[str, Any]:
+    """The engine a deployment's figures are for: the capacity model is vLLM's; an engine that is not
+    ``calibrated`` gets vLLM's step times divided by ``throughputFactor`` (an estimate, from ``source``)."""
+    throughput = engine.throughput
+    return {
+        "name": engine.name,
+        "version": engine.version,
+        "throughputFactor": throughput.factor,
+        "calibrated": throughput.calibrated,
+        "source": {"url": throughput.source.url, "asOf": str(throughput.source.as_of)},
+    }
+
+
 def deployment_json(plan: DeploymentPlan) -> dict[str, Any]:
     d = plan.deployment
     return {
         "name": d.name,
         "profile": plan.profile.name,
         "served_model_name": plan.profile.resolved_served_name,
+        "engine": engine_json(plan.engine),
         "traffic": {"qps": d.traffic.qps, "peak_qps": d.traffic.peak_qps},
         "slo": {
             "ttft_p95_ms": d.slo.ttft_p95_ms,

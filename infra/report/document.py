@@ -60,37 +60,59 @@ def percent(value: float) -> str:
     return f"{value * 100:.1f} %"
 
 
+ESTIMATE = "≈"
+"""Marks the figures of a deployment whose engine the capacity model has no calibration for (as `plan`)."""
+
+
+def estimate_mark(deployment: dict[str, Any]) -> str:
+    """``≈`` for a deployment of ``plan --json`` whose engine is not calibrated, else nothing."""
+    return "" if deployment["engine"]["calibrated"] else ESTIMATE
+
+
+def estimate_note(deployment: dict[str, Any]) -> str:
+    """What an estimate rests on: the engine, its throughput factor and the factor's source."""
+    e = deployment["engine"]
+    return (f"{ESTIMATE} estimate: no capacity measurements of {e['name']} {e['version']}; vLLM's model with every "
+            f"engine step at {e['throughputFactor']:g}× vLLM's throughput (source: {e['source']['url']}, "
+            f"{e['source']['asOf']}).")
+
+
 def chosen_table(report: DeploymentReport) -> Table:
     c, slo = report.plan["chosen"], report.plan["slo"]
     peak = c["predicted_at_peak"]
-    rows = (
+    m = estimate_mark(report.plan)
+    rows = [
         ("GPU × tensor parallelism", f"{c['gpu']} × {c['tensor_parallel_size']}"),
         ("quantization", c["quantization"]),
         ("instance type (market)", f"{c['instance_type']} ({c['market']})"),
-        ("replicas / machines", f"{c['replicas']} / {c['machines']}"),
-        ("$ per hour", usd(c["hourly_usd"])),
-        ("$ per month", usd(c["monthly_usd"])),
-        ("$ per 1M input tokens", f"${c['usd_per_1m_input_tokens']:.4f}"),
-        ("$ per 1M output tokens", f"${c['usd_per_1m_output_tokens']:.4f}"),
-        ("utilisation at target load", percent(c["utilisation"])),
-        ("headroom at peak load", percent(1 - c["peak_utilisation"])),
-        ("SLO capacity per replica", f"{c['capacity_qps_per_replica']:g} req/s"),
-        ("predicted TTFT p95 at peak", f"{peak['ttft_p95_ms']:,.0f} ms (SLO {slo['ttft_p95_ms']:g} ms)"),
-        ("predicted TPOT p95 at peak", f"{peak['tpot_p95_ms']:,.1f} ms (SLO {slo['tpot_p95_ms']:g} ms)"),
-    )
-    return Table(("", "chosen"), rows)
+        ("replicas / machines", f"{m}{c['replicas']} / {c['machines']}"),
+        ("$ per hour", m + usd(c["hourly_usd"])),
+        ("$ per month", m + usd(c["monthly_usd"])),
+        ("$ per 1M input tokens", f"{m}${c['usd_per_1m_input_tokens']:.4f}"),
+        ("$ per 1M output tokens", f"{m}${c['usd_per_1m_output_tokens']:.4f}"),
+        ("utilisation at target load", m + percent(c["utilisation"])),
+        ("headroom at peak load", m + percent(1 - c["peak_utilisation"])),
+        ("SLO capacity per replica", f"{m}{c['capacity_qps_per_replica']:g} req/s"),
+        ("predicted TTFT p95 at peak", f"{m}{peak['ttft_p95_ms']:,.0f} ms (SLO {slo['ttft_p95_ms']:g} ms)"),
+        ("predicted TPOT p95 at peak", f"{m}{peak['tpot_p95_ms']:,.1f} ms (SLO {slo['tpot_p95_ms']:g} ms)"),
+    ]
+    if m:
+        rows.append(("engine", estimate_note(report.plan)))
+    return Table(("", "chosen"), tuple(rows))
 
 
-def _option_row(option: dict[str, Any], chosen: bool) -> tuple[str, ...]:
+def _option_row(option: dict[str, Any], chosen: bool, mark: str = "") -> tuple[str, ...]:
     label = f"{option['gpu']} × {option['tensor_parallel_size']} on {option['instance_type']} ({option['market']})"
     peak = option["predicted_at_peak"]
-    return (label + (" — chosen" if chosen else ""), str(option["replicas"]), str(option["machines"]),
-            usd(option["monthly_usd"]), f"${option['usd_per_1m_output_tokens']:.4f}",
-            f"{peak['ttft_p95_ms']:,.0f} ms", f"{peak['tpot_p95_ms']:,.1f} ms")
+    return (label + (" — chosen" if chosen else ""), mark + str(option["replicas"]), str(option["machines"]),
+            mark + usd(option["monthly_usd"]), f"{mark}${option['usd_per_1m_output_tokens']:.4f}",
+            f"{mark}{peak['ttft_p95_ms']:,.0f} ms", f"{mark}{peak['tpot_p95_ms']:,.1f} ms")
 
 
 def alternatives_table(report: DeploymentReport) -> Table:
-    rows = [_option_row(report.plan["chosen"], True), *(_option_row(o, False) for o in report.plan["alternatives"])]
+    m = estimate_mark(report.plan)
+    rows = [_option_row(report.plan["chosen"], True, m),
+            *(_option_row(o, False, m) for o in report.plan["alternatives"])]
     return Table(("option (best per GPU)", "replicas", "machines", "$ per month", "$ per 1M output",
                   "TTFT p95", "TPOT p95"), tuple(rows))
 
@@ -122,18 +144,22 @@ def plots(report: DeploymentReport) -> tuple[Plot, ...]:
 
 def section(report: DeploymentReport, what_ifs: list[WhatIf], naive: NaiveSizing) -> Section:
     chosen = report.plan["chosen"]
-    summary = (f"{chosen['replicas']} × {chosen['gpu']}×{chosen['tensor_parallel_size']} on "
-               f"{chosen['machines']} × {chosen['instance_type']}: {usd(chosen['monthly_usd'])}/month, "
+    m = estimate_mark(report.plan)
+    summary = (f"{m}{chosen['replicas']} × {chosen['gpu']}×{chosen['tensor_parallel_size']} on "
+               f"{chosen['machines']} × {chosen['instance_type']}: {m}{usd(chosen['monthly_usd'])}/month, "
                f"{report.plan['traffic']['qps']:g} req/s mean")
+    if m:
+        summary += f" ({ESTIMATE} estimate: see engine)"
     return Section(report.name, report.plan["served_model_name"], summary, chosen_table(report),
                    alternatives_table(report), what_if_table(chosen["monthly_usd"], what_ifs),
                    naive_text(naive, chosen), plots(report))
 
 
 def fleet_table(report: FleetReport) -> Table:
-    rows = [(d["name"], d["served_model_name"], usd(d["chosen"]["monthly_usd"]),
-             f"${d['chosen']['usd_per_1m_output_tokens']:.4f}") for d in report.plan["deployments"]]
-    rows.append(("total", "", usd(report.plan["monthly_usd"]), ""))
+    rows = [(d["name"], d["served_model_name"], estimate_mark(d) + usd(d["chosen"]["monthly_usd"]),
+             f"{estimate_mark(d)}${d['chosen']['usd_per_1m_output_tokens']:.4f}") for d in report.plan["deployments"]]
+    total_mark = ESTIMATE if any(estimate_mark(d) for d in report.plan["deployments"]) else ""
+    rows.append(("total", "", total_mark + usd(report.plan["monthly_usd"]), ""))
     return Table(("deployment", "model", "$ per month", "$ per 1M output"), tuple(rows))
 
 

@@ -4,12 +4,14 @@ determinism, and user errors (exit 2, one line, no traceback). Runs the real com
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.catalog import load_catalog
 from infra.plan.replica import build_replica, resolve_limits
@@ -249,3 +251,38 @@ def test_user_errors_exit_2_with_one_line(args: list[str], fragments: list[str])
 def test_batched_tokens_below_max_num_seqs_is_a_user_error_not_a_traceback() -> None:
     """On an H100 the default max_num_seqs is 1024; vLLM refuses max_num_batched_tokens < max_num_seqs."""
     assert_user_error(gpufleet("estimate", *BASE, "--rate", "1", "--max-num-batched-tokens", "512", "--json"), "512")
+
+
+# --------------------------------------------------------------------------------------------- engines
+
+
+def test_a_profile_on_an_uncalibrated_engine_is_an_estimate(tmp_path: Path) -> None:
+    """A profile's engine sets the step speed (its catalog factor); the JSON adds the engine object."""
+    fixture = REPO / "tests" / "spec" / "fixture"
+    shutil.copytree(fixture, tmp_path, dirs_exist_ok=True)
+    args = ["--model", "chat-8b", "--gpu", "H100-SXM", "--input-tokens", "1000", "--output-tokens", "200",
+            "--concurrency", "32", "-C"]
+    vllm_done = gpufleet("estimate", *args, str(tmp_path), "--json")
+    assert vllm_done.returncode == 0, vllm_done.stderr
+    vllm = json.loads(vllm_done.stdout)
+    assert "engine" not in vllm  # vLLM keeps the contract's keys exactly
+    path = tmp_path / "stacks" / "models" / "chat-8b.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["engine"] = "ollama"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    done = gpufleet("estimate", *args, str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
+    ollama = json.loads(done.stdout)
+    record = load_catalog().engines["ollama"]
+    factor = record.throughput.factor
+    assert ollama["engine"]["name"] == "ollama"
+    assert ollama["engine"]["throughputFactor"] == factor
+    assert ollama["engine"]["calibrated"] is False
+    assert ollama["engine"]["source"]["url"] == record.throughput.source.url
+    # A closed loop of 32 clients: the same run at 1/factor the speed (the API overhead aside).
+    assert ollama["output_tokens_per_s"] == pytest.approx(factor * vllm["output_tokens_per_s"], rel=0.02)
+    assert ollama["tpot_ms"]["p50"] == pytest.approx(vllm["tpot_ms"]["p50"] / factor, rel=0.02)
+    assert ollama["kv_cache_tokens"] == vllm["kv_cache_tokens"]
+    text = gpufleet("estimate", *args, str(tmp_path))
+    assert "note: ≈ estimate" in text.stdout
+    assert record.throughput.source.url in text.stdout

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.catalog import load_catalog
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "spec" / "fixture"
 
@@ -140,3 +142,77 @@ def test_an_infeasible_stack_still_prints_its_json_with_the_reasons(tmp_path: Pa
     slo_rejections = [r for r in deployment["rejected"] if r["kind"] == "slo"]
     assert slo_rejections
     assert all("> 5 ms" in r["reason"] and "> 1 ms" in r["reason"] for r in slo_rejections)
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+ENGINE_KEYS = {"name", "version", "throughputFactor", "calibrated", "source"}
+
+
+def test_every_deployment_names_its_engine(dev_plan: dict[str, Any]) -> None:
+    """vLLM, calibrated: the catalog's record, and the text output carries no estimate mark."""
+    vllm = load_catalog().engines["vllm"]
+    for d in dev_plan["deployments"]:
+        assert set(d["engine"]) == ENGINE_KEYS
+        assert d["engine"] == {
+            "name": "vllm",
+            "version": vllm.version,
+            "throughputFactor": 1.0,
+            "calibrated": True,
+            "source": {"url": vllm.throughput.source.url, "asOf": str(vllm.throughput.source.as_of)},
+        }
+    plain = gpufleet("plan", "-s", "dev", "-C", str(REPO))
+    assert plain.returncode == 0, plain.stderr
+    assert "≈" not in plain.stdout
+    assert "estimate:" not in plain.stdout
+
+
+def engine_project(tmp_path: Path, engine: str) -> Path:
+    shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "stacks" / "models" / "chat-8b.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["engine"] = engine
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return tmp_path
+
+
+def test_an_uncalibrated_engine_is_marked_as_an_estimate(tmp_path: Path) -> None:
+    project = engine_project(tmp_path, "llamacpp")
+    llamacpp = load_catalog().engines["llamacpp"]
+    done = gpufleet("plan", "-s", "k8s", "--json", "-C", str(project))
+    assert done.returncode == 0, done.stderr
+    (deployment,) = json.loads(done.stdout)["deployments"]
+    assert deployment["engine"] == {
+        "name": "llamacpp",
+        "version": llamacpp.version,
+        "throughputFactor": llamacpp.throughput.factor,
+        "calibrated": False,
+        "source": {"url": llamacpp.throughput.source.url, "asOf": str(llamacpp.throughput.source.as_of)},
+    }
+    assert set(deployment["chosen"]) >= CHOSEN_FIELDS  # the rest of the document is unchanged
+
+    text = gpufleet("plan", "-s", "k8s", "-C", str(project))
+    assert text.returncode == 0, text.stderr
+    assert "≈ llama.cpp" in text.stdout  # the table's title (rich may wrap it)
+    (row,) = [line for line in text.stdout.splitlines() if "✔" in line]
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    assert len(cells) == 9  # replica, machine, then the seven figures, every one marked
+    assert all(cell.startswith("≈") for cell in cells[2:]), cells
+    assert cells[2] == f"≈{deployment['chosen']['replicas']}"
+    (note,) = [line for line in text.stdout.splitlines() if "note: ≈ estimate" in line]
+    assert f"llama.cpp {llamacpp.version}" in note
+    assert f"{llamacpp.throughput.factor:g}×" in note
+    assert llamacpp.throughput.source.url in note
+
+
+def test_an_engine_at_factor_one_is_still_an_estimate(tmp_path: Path) -> None:
+    """SGLang's factor is 1.0, but nothing was measured on SGLang: the same figures as vLLM's, marked."""
+    project = engine_project(tmp_path, "sglang")
+    done = gpufleet("plan", "-s", "k8s", "--json", "-C", str(project))
+    vllm = gpufleet("plan", "-s", "k8s", "--json", "-C", str(FIXTURE))
+    assert done.returncode == vllm.returncode == 0, done.stderr + vllm.stderr
+    (sglang_d,), (vllm_d,) = json.loads(done.stdout)["deployments"], json.loads(vllm.stdout)["deployments"]
+    assert sglang_d["engine"]["calibrated"] is False
+    assert sglang_d["chosen"] == vllm_d["chosen"]
+    text = gpufleet("plan", "-s", "k8s", "-C", str(project))
+    assert "note: ≈ estimate" in text.stdout

@@ -205,6 +205,36 @@ def test_infeasible_stack_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+# -- engines the capacity model is not calibrated for ----------------------------------------------------------
+
+def test_a_vllm_report_carries_no_estimate_mark(reports: dict[str, Path]) -> None:
+    for stack in STACKS:
+        assert "≈" not in (reports[stack] / "report.md").read_text()
+
+
+def test_an_uncalibrated_engine_marks_the_report_as_an_estimate(tmp_path: Path) -> None:
+    """dev's model on llama.cpp: every figure of the deployment carries the mark, the engine row says why."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "stacks", project / "stacks")
+    shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    profile = project / "stacks" / "models" / "qwen2.5-7b-instruct.yaml"
+    profile.write_text(profile.read_text() + "engine: llamacpp\n")
+    done = gpufleet("report", "-s", "dev", "-o", str(tmp_path / "out"), "-C", str(project))
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    (deployment,) = document["plan"]["deployments"]
+    assert deployment["engine"]["name"] == "llamacpp" and deployment["engine"]["calibrated"] is False
+    throughput = load_catalog().engines["llamacpp"].throughput
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    chosen = deployment["chosen"]
+    assert f"| $ per month | ≈${chosen['monthly_usd']:,.2f} |" in markdown
+    assert f"| SLO capacity per replica | ≈{chosen['capacity_qps_per_replica']:g} req/s |" in markdown
+    assert f"| total |  | ≈${document['plan']['monthly_usd']:,.2f} |  |" in markdown
+    (engine_row,) = [line for line in markdown.splitlines() if line.startswith("| engine |")]
+    assert f"{throughput.factor:g}×" in engine_row and throughput.source.url in engine_row
+    assert throughput.source.url in (tmp_path / "out" / "report.html").read_text()
+
+
 # -- the HTML page in a real browser ---------------------------------------------------------------------------
 
 class _Outline(HTMLParser):

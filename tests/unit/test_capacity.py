@@ -192,3 +192,50 @@ def test_with_an_slo_that_never_binds_max_rate_finds_what_the_replica_sustains(m
         f"at {rate:.2f} req/s are served at {long_run.requests_per_s:.2f} req/s with TTFT p95 "
         f"{p95['ttft_s']:.1f} s, TPOT p95 {p95['tpot_s'] * 1000:.0f} ms"
     )
+
+
+# ------------------------------------------------------------------------------------------ engine speed
+
+
+def on_engine(engine: str | None, model: str = "llama-3.1-8b", gpu: str = "L40S") -> Replica:
+    a, g = catalog.models[model].architecture, catalog.gpu(gpu)
+    assert g is not None
+    record = catalog.engines[engine] if engine is not None else None
+    return build_replica(a, g, limits=resolve_limits(a, g, max_model_len=8192), engine=record)
+
+
+def test_an_engine_at_factor_one_has_exactly_vllms_capacity() -> None:
+    """SGLang's factor is 1.0 (uncalibrated): every figure is vLLM's, bit for bit; only the label differs."""
+    target = slo(2000, 60)
+    plain = max_rate(on_engine(None), CHAT, target)
+    assert max_rate(on_engine("vllm"), CHAT, target) == plain
+    assert max_rate(on_engine("sglang"), CHAT, target) == plain
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "ollama"])
+def test_a_slower_engine_scales_saturation_by_its_factor(engine: str) -> None:
+    """Every step at 1/factor of vLLM's time: a closed loop with the engine always full is the same run,
+    slowed down, so its steady-state throughput is vLLM's times the factor."""
+    factor = catalog.engines[engine].throughput.factor
+    vllm, slower = saturation(on_engine("vllm"), CHAT), saturation(on_engine(engine), CHAT)
+    assert slower == pytest.approx(factor * vllm, rel=1e-6)
+
+
+def test_a_slower_engine_decodes_slower_one_request_at_a_time() -> None:
+    factor = catalog.engines["llamacpp"].throughput.factor
+    vllm, slower = floor_latency(on_engine("vllm"), FIXED), floor_latency(on_engine("llamacpp"), FIXED)
+    assert slower.tpot_ms == pytest.approx(vllm.tpot_ms / factor, rel=1e-6)
+    # TTFT: the prefill steps slow down, the API server's fixed overhead does not.
+    overhead_ms = api_overhead_s() * 1000
+    assert slower.ttft_ms - overhead_ms == pytest.approx((vllm.ttft_ms - overhead_ms) / factor, rel=1e-6)
+
+
+def test_a_slower_engine_carries_less_load_within_the_same_slo() -> None:
+    """Capacity under an SLO drops at least about in proportion: the same rate is a higher utilisation
+    and every latency is longer, so the SLO binds earlier."""
+    target = slo(3000, 80)
+    factor = catalog.engines["llamacpp"].throughput.factor
+    vllm, slower = max_rate(on_engine("vllm"), CHAT, target), max_rate(on_engine("llamacpp"), CHAT, target)
+    assert 0 < slower.max_qps < vllm.max_qps
+    assert slower.max_qps <= 1.05 * factor * vllm.max_qps  # bisection resolution ~1%
+    assert slower.saturation_qps == pytest.approx(factor * vllm.saturation_qps, rel=1e-6)

@@ -329,3 +329,42 @@ def test_spot_alone_does_not_carry_an_n_plus_one_fleet(tmp_path: Path) -> None:
     assert plan.deployment.slo.redundancy == "n+1"
     assert plan.chosen is not None
     assert plan.chosen.machine.price.market != "spot", f"{plan.chosen.label}: the whole n+1 fleet is on spot"
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+def on_engine(engine: str) -> Edit:
+    def edit(profile: dict[str, Any]) -> None:
+        profile["engine"] = engine
+
+    return edit
+
+
+def test_a_slower_engine_needs_more_replicas_for_the_same_load(tmp_path: Path) -> None:
+    """llama.cpp at 0.65× vLLM's throughput: each replica carries less within the SLO, so the same traffic
+    needs more replicas and costs more; the plan says its figures are an estimate."""
+    vllm_plan = plan_stack(stack_in(tmp_path / "a", "k8s", busy_eks(8, "none"), {"chat-8b": on_engine("vllm")}))
+    cpp_plan = plan_stack(stack_in(tmp_path / "b", "k8s", busy_eks(8, "none"), {"chat-8b": on_engine("llamacpp")}))
+    vllm, cpp = chosen(vllm_plan), chosen(cpp_plan)
+    factor = catalog.engines["llamacpp"].throughput.factor
+    assert cpp.config == vllm.config  # the same replica shape (the stack allows one GPU, no TP)
+    assert cpp.capacity.saturation_qps == pytest.approx(factor * vllm.capacity.saturation_qps, rel=1e-6)
+    assert cpp.capacity.max_qps < vllm.capacity.max_qps
+    assert cpp.replicas > vllm.replicas
+    assert cpp.hourly_usd > vllm.hourly_usd
+    assert cpp.replica.memory == vllm.replica.memory  # the engine's speed, not its memory
+    assert (vllm_plan.deployments[0].estimate, cpp_plan.deployments[0].estimate) == (False, True)
+    assert cpp_plan.deployments[0].engine.name == "llamacpp"
+
+
+def test_an_engine_at_factor_one_plans_exactly_as_vllm(tmp_path: Path) -> None:
+    """SGLang's factor is 1.0: the same options, capacities and prices; only the estimate flag differs."""
+    vllm_plan = plan_stack(stack_in(tmp_path / "a", "k8s", busy_eks(4, "none"), {"chat-8b": on_engine("vllm")}))
+    sgl_plan = plan_stack(stack_in(tmp_path / "b", "k8s", busy_eks(4, "none"), {"chat-8b": on_engine("sglang")}))
+    vllm, sgl = chosen(vllm_plan), chosen(sgl_plan)
+    assert (sgl.config, sgl.machine, sgl.replicas, sgl.hourly_usd) == (vllm.config, vllm.machine, vllm.replicas,
+                                                                       vllm.hourly_usd)
+    assert sgl.capacity == vllm.capacity
+    assert sgl.predicted == vllm.predicted
+    assert sgl_plan.deployments[0].estimate

@@ -315,3 +315,60 @@ def test_moe_decode_is_never_slower_than_a_dense_model_of_the_same_total_size() 
     }
     slower = {seqs: f"{m * 1000:.2f} ms vs {d * 1000:.2f} ms" for seqs, (m, d) in times.items() if m > 1.02 * d}
     assert not slower, f"MoE decode slower than its dense twin at batch sizes {slower}"
+
+
+# ------------------------------------------------------------------------------------------ engine speed
+
+
+def engine_step(name: str, engine: str | None, gpu: str = "H100-SXM") -> StepTimeModel:
+    """The step model of a replica on ``engine`` (a catalog engine; None: no engine given, vLLM's model)."""
+    a, g = arch(name), catalog.gpu(gpu)
+    assert g is not None
+    limits = resolve_limits(a, g, max_model_len=4096)
+    record = catalog.engines[engine] if engine is not None else None
+    return build_replica(a, g, limits=limits, engine=record).step
+
+
+BATCHES = (decode(1, 500), decode(64, 2000), prefill(2048), prefill(512, before=3000),
+           StepBatch(prefill_tokens=1000, prefill_attention=5e5, prefill_seqs=1, decode_seqs=31,
+                     decode_context=31 * 1500, sampled_seqs=32))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_an_engine_at_factor_one_has_exactly_vllms_step_times(engine: str) -> None:
+    """vLLM (calibrated) and SGLang (an estimate at 1.0) take bit for bit the time of the model with no engine."""
+    assert catalog.engines[engine].throughput.factor == 1.0
+    plain, on_engine = engine_step("llama-3.1-8b", None), engine_step("llama-3.1-8b", engine)
+    assert [on_engine.step_seconds(b) for b in BATCHES] == [plain.step_seconds(b) for b in BATCHES]
+    assert [on_engine.decode_step_affine(n) for n in (1, 7, 256)] == [plain.decode_step_affine(n) for n in (1, 7, 256)]
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "ollama"])
+def test_a_slower_engine_takes_vllms_step_time_divided_by_its_factor(engine: str) -> None:
+    factor = catalog.engines[engine].throughput.factor
+    assert factor < 1
+    vllm, slower = engine_step("llama-3.1-8b", "vllm"), engine_step("llama-3.1-8b", engine)
+    for batch in BATCHES:  # the whole step: layers, LM head and the engine's fixed overhead
+        assert slower.step_seconds(batch) == pytest.approx(vllm.step_seconds(batch) / factor, rel=1e-12)
+    assert slower.step_seconds(decode(0, 0)) == 0.0
+
+
+def test_the_decode_fast_path_agrees_with_step_seconds_at_any_engine_speed() -> None:
+    """The simulator fast-forwards decode runs with decode_step_affine: it must scale as step_seconds does."""
+    for engine in ("vllm", "llamacpp", "ollama"):
+        m = engine_step("llama-3.1-8b", engine)
+        for seqs, context in ((1, 100), (32, 1500), (300, 4000)):
+            a, b = m.decode_step_affine(seqs)
+            assert a + b * seqs * context == pytest.approx(m.step_seconds(decode(seqs, context)), rel=1e-12)
+
+
+def test_the_engine_changes_step_times_not_memory() -> None:
+    a, g = arch("llama-3.1-8b"), catalog.gpus["H100-SXM"]
+    limits = resolve_limits(a, g, max_model_len=4096)
+    vllm = build_replica(a, g, limits=limits, engine=catalog.engines["vllm"])
+    ollama = build_replica(a, g, limits=limits, engine=catalog.engines["ollama"])
+    assert ollama.memory == vllm.memory
+    assert ollama.kv_cache_tokens == vllm.kv_cache_tokens
+    assert ollama.limits == vllm.limits
+    assert (vllm.engine_estimate, ollama.engine_estimate) == (False, True)
+    assert ollama.step.shape.engine_speed == catalog.engines["ollama"].throughput.factor
