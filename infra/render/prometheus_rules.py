@@ -314,6 +314,7 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
     vllm = engine.name == VLLM.name
     seqs = "max_num_seqs" if vllm else f"{title}'s limit on concurrent requests"
     memory = "gpu_memory_utilization" if vllm else f"{title}'s share of GPU memory for the KV cache"
+    batched = "max_num_batched_tokens" if vllm else "the batched-token limit"
     scale = ("Check the load against the plan (GpufleetLoadAboveCapacity), replicas up and KV-cache usage; "
              "add replicas (raise replicas.min in the stack and re-plan) or shed load.")
     outcomes = engine.metrics.outcomes
@@ -388,7 +389,7 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
             f"{name}: {title} preempted requests in the last 10 minutes",
             f"{title} on {name} ran out of KV-cache blocks and preempted running sequences (recomputed "
             "later), which inflates TPOT and E2E latency.",
-            f"Lower {seqs} or the batched-token limit, raise {memory}, or add "
+            f"Lower {seqs} or {batched}, raise {memory}, or add "
             "replicas; check that the plan's KV-cache estimate matches the real prompt lengths."))
     if engine.metrics.path is not None:
         up = f'job="{ENGINE_JOB}",{sel}'
