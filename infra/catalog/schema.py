@@ -246,6 +246,33 @@ class EngineMetric(CatalogModel):
         return f"{self.name}_total" if self.kind == "counter" and self.total_suffix else self.name
 
 
+class EngineOutcomes(CatalogModel):
+    """How failed and abandoned requests show in an engine's metrics: label matchers on the requests_finished
+    counter, or on a separate failure counter (``failures``) that then counts every request that did not
+    finish (the total is requests_finished + failures)."""
+
+    failures: EngineMetric | None = Field(
+        default=None, description="A separate counter of failed requests; null = the labels are on requests_finished."
+    )
+    error: str | None = Field(
+        default=None, pattern=r'^[a-z_]+(=|!=|=~|!~)"[^"]*"$',
+        description="PromQL matcher of requests the engine failed (burns error budget); null = none exposed.",
+    )
+    abort: str | None = Field(
+        default=None, pattern=r'^[a-z_]+(=|!=|=~|!~)"[^"]*"$',
+        description="PromQL matcher of requests the client abandoned (a cancelled stream); null = none exposed.",
+    )
+    source: Source
+
+    @model_validator(mode="after")
+    def _counter(self) -> EngineOutcomes:
+        if self.failures is not None and self.failures.kind != "counter":
+            raise ValueError("failures is a counter")
+        if self.error is None and self.abort is None:
+            raise ValueError("outcomes name an error or an abort matcher")
+        return self
+
+
 class EngineMetrics(CatalogModel):
     path: str | None = Field(pattern=r"^/", description="Prometheus endpoint; null = the engine has none.")
     enabled_by: str | None = Field(
@@ -254,12 +281,17 @@ class EngineMetrics(CatalogModel):
     signals: dict[EngineSignal, EngineMetric] = Field(
         default_factory=dict, description="Signal -> the engine's metric; a missing signal is not exposed."
     )
+    outcomes: EngineOutcomes | None = Field(
+        default=None, description="Failed and aborted requests; null = the engine tells neither apart."
+    )
     source: Source
 
     @model_validator(mode="after")
     def _no_signals_without_endpoint(self) -> EngineMetrics:
         if self.path is None and self.signals:
             raise ValueError("an engine without a metrics endpoint exposes no signals")
+        if self.outcomes is not None and "requests_finished" not in self.signals:
+            raise ValueError("outcomes are read against requests_finished, which the engine does not expose")
         return self
 
 

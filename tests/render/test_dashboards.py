@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from infra.catalog import load_catalog
 from infra.plan.optimize import DeploymentPlan, FleetPlan, plan_stack
 from infra.render.artifacts import Artifact
 from infra.render.dashboards import (
@@ -30,9 +31,10 @@ from infra.render.dashboards import (
     render_dashboards,
 )
 from infra.render.dashboards.sdk import JSONEncoder, dashboard_models
-from infra.render.prometheus_rules import rules_document
+from infra.render.prometheus_rules import UNMONITORED_SLOS, rules_document
 from infra.render.telemetry import GRAFANA_DASHBOARD_LABEL, K8S_MONITORING_NAMESPACE
 from infra.spec.load import Project, load_stack
+from tests.render.test_prometheus_rules import mixed_plan
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,8 +191,8 @@ def test_variables(stack: str) -> None:
             assert "model" not in variables
             continue
         model = variables["model"]
-        assert model["query"] == ('label_values(vllm:num_requests_running{job="engine",deployment=~"$deployment"}, '
-                                  "model_name)")
+        # the plan's series, not an engine's metric: every deployment's models, whatever the engine
+        assert model["query"] == 'label_values(gpufleet:plan_info{deployment=~"$deployment"}, model)'
         assert model["multi"] and model["includeAll"] and model["datasource"] == DATASOURCE
 
 
@@ -282,7 +284,8 @@ def test_raw_series_follow_the_variables(stack: str) -> None:
     for where, expr in panel_queries:
         for name, matchers in re.findall(r"(?<![\w:])([A-Za-z_][\w:]*)\{([^}]*)\}", expr):
             if name.startswith("vllm:"):
-                assert 'job="engine"' in matchers and 'model_name=~"$model"' in matchers, (where, expr)
+                assert 'job="engine"' in matchers and 'inference_engine="vllm"' in matchers, (where, expr)
+                assert 'model=~"$model"' in matchers, (where, expr)
             if not name.startswith("nginx_"):
                 assert 'deployment=~"$deployment"' in matchers, (where, name)
         bare = re.findall(r"(?<![\w:\"])((?:vllm:|deployment:|gpufleet:|DCGM_FI_)[\w:]*)(?![\w:{])", expr)
@@ -291,13 +294,39 @@ def test_raw_series_follow_the_variables(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_recorded_series_exist(stack: str) -> None:
-    recorded = {rule["record"] for group in rules_document(plan_for(stack))["groups"] for rule in group["rules"]
-                if "record" in rule}
+    # Some series exist only where an engine lacks a signal (gpufleet:slo_unmonitored): the mixed-engine fleet
+    # records them; the stack's own rules record everything else.
+    recorded = {rule["record"] for plan in (plan_for(stack), mixed_plan())
+                for group in rules_document(plan)["groups"] for rule in group["rules"] if "record" in rule}
     used = {name for _, expr in every_query(stack)
             for name in re.findall(r"(?<![\w:])[A-Za-z_]\w*:[\w:]+", expr) if not name.startswith("vllm:")}
     assert {"gpufleet:slo_ttft_p95_seconds", "deployment:engine_usd_per_m_output_tokens:rate5m",
             "deployment:nginx_http_errors:ratio_rate5m"} <= used
     assert used <= recorded, f"not recorded by the rules: {sorted(used - recorded)}"
+
+
+def engine_metric_prefixes() -> tuple[str, ...]:
+    catalog = load_catalog()
+    names = [m.name for e in catalog.engines.values() for m in e.metrics.signals.values()]
+    return tuple(sorted({re.match(r"[a-z]+[:_]", name).group(0) for name in names}))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_fleet_overview_reads_no_raw_engine_metric(stack: str) -> None:
+    """The fleet overview and every variable read recorded and plan series only, so every engine's deployments
+    show; the engine each one runs is on the board."""
+    prefixes = engine_metric_prefixes()
+    assert "sglang:" in prefixes and "tgi_" in prefixes
+    board = dashboards(stack)["gpufleet-fleet"]
+    for where, expr in dashboard_queries(board) + variable_queries(board):
+        raw = [n for n in re.findall(r"(?<![\w:])[A-Za-z_][\w:]*", expr) if n.startswith(prefixes)]
+        assert not raw, (where, raw)
+    for name, other in dashboards(stack).items():
+        for where, expr in variable_queries(other):
+            assert expr.startswith("gpufleet:"), (name, where, expr)
+    [info] = [expr for title, expr in dashboard_queries(board) if title == "Engine per deployment"]
+    assert info.startswith("gpufleet:plan_info{")
+    assert any(expr.startswith("gpufleet:slo_unmonitored{") for _, expr in dashboard_queries(board))
 
 
 # -- expand / dashboard_queries ------------------------------------------------------------------------------
@@ -362,12 +391,14 @@ def test_queries_evaluate_as_intended(tmp_path: Path) -> None:
     """Worst client-visible error rate (an idle deployment's NaN and the unrouted deployment="" are left out),
     status classes with label_replace (including responses Nginx answered itself), prefix-cache hit rate from
     raw counters."""
-    plan = plan_for("prod")
+    plan = mixed_plan()
     assert len(plan.deployments) >= 2
     busy, idle = plan.deployments[0], plan.deployments[1]
+    [sglang] = [d for d in plan.deployments if d.profile.engine == "sglang"]
 
     def vllm(d: DeploymentPlan) -> str:
-        return (f'job="engine",deployment="{d.deployment.name}",instance="{d.deployment.name}-0:8000",'
+        return (f'job="engine",inference_engine="vllm",deployment="{d.deployment.name}",'
+                f'instance="{d.deployment.name}-0:8000",model="{d.profile.resolved_served_name}",'
                 f'model_name="{d.profile.resolved_served_name}",engine="0"')
 
     log = 'job="nginx-log",instance="lb-1:3903"'
@@ -383,13 +414,28 @@ def test_queries_evaluate_as_intended(tmp_path: Path) -> None:
         {"series": f'gpufleet_nginx_http_responses_total{{{log},deployment="{busy.deployment.name}",status="204"}}',
          "values": "0+60x60"},
         {"series": f'gpufleet_nginx_http_responses_total{{{log},deployment="",status="502"}}', "values": "0+120x60"},
+        # an SGLang deployment's requests, under SGLang's own name, reach the fleet overview's per-model panel
+        {"series": f'sglang:num_requests_total{{job="engine",inference_engine="sglang",'
+                   f'deployment="{sglang.deployment.name}",instance="s-0:30000",model_name="m"}}',
+         "values": "0+1200x60"},
     ]
     tests = [{"expr": query("prod", "gpufleet-fleet", "Error rate (worst)"), "eval_time": "30m",
               "exp_samples": [{"labels": "{}", "value": 0.01}]},
              {"expr": query("prod", "gpufleet-loadbalancer", "Responses/s by status class"), "eval_time": "30m",
               "exp_samples": [{"labels": '{class="2xx"}', "value": 11}, {"labels": '{class="5xx"}', "value": 2}]},
              {"expr": query("prod", "gpufleet-deployment", "Prefix-cache hit rate"), "eval_time": "30m",
-              "exp_samples": [{"labels": f'{{deployment="{busy.deployment.name}"}}', "value": 0.25}]}]
+              "exp_samples": [{"labels": f'{{deployment="{busy.deployment.name}"}}', "value": 0.25}]},
+             {"expr": query("prod", "gpufleet-fleet", "Requests/s by model"), "eval_time": "30m",
+              "exp_samples": [
+                  {"labels": f'{{deployment="{d.deployment.name}",'
+                             f'inference_engine="{d.profile.engine}",model="{d.profile.resolved_served_name}"}}',
+                   "value": value} for d, value in ((busy, 100), (idle, 0), (sglang, 20))]},
+             {"expr": query("prod", "gpufleet-fleet", "SLOs without an engine signal"), "eval_time": "30m",
+              "exp_samples": [
+                  {"labels": f'gpufleet:slo_unmonitored{{deployment="{d.deployment.name}",'
+                             f'inference_engine="{d.profile.engine}",slo="{slo}"}}', "value": 1}
+                  for d in plan.deployments for slo, signal in UNMONITORED_SLOS.items()
+                  if signal not in load_catalog().engines[d.profile.engine].metrics.signals]}]
     rules = tmp_path / "gpufleet.rules.yaml"
     rules.write_text(yaml.safe_dump(rules_document(plan), sort_keys=False), encoding="utf-8")
     spec = tmp_path / "dashboards.test.yaml"

@@ -1,6 +1,7 @@
-"""Prometheus rules: `promtool check rules` on every example stack, and `promtool test rules` with a firing and
-a non-firing case for every alert of the prod stack, generated here from the plan (thresholds come from the
-plan, not from the rendered text), plus expression tests of the recording rules.
+"""Prometheus rules: `promtool check rules` on every example stack and on a mixed-engine fleet, and `promtool test
+rules` with a firing and a non-firing case for every alert of the prod stack and of the mixed fleet (each engine's
+own metric names, from the catalog), generated here from the plan (thresholds come from the plan, not from the
+rendered text), plus expression tests of the recording rules.
 
 promtool is required (scripts/install-system-deps.sh installs Debian's `prometheus`): a missing tool is a
 failure, never a skip, in CI and locally.
@@ -9,6 +10,7 @@ failure, never a skip, in CI and locally.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import subprocess
 from collections.abc import Callable
@@ -20,13 +22,20 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.catalog import load_catalog
+from infra.catalog.schema import EngineMetric, EngineSignal, InferenceEngine
 from infra.plan.optimize import DeploymentPlan, FleetPlan, plan_stack
 from infra.render.prometheus_rules import (
     ERROR_BUDGET,
     FAST_BURN,
     RULES_PATH,
+    SIGNAL_RECORDS,
     SLOW_BURN,
+    UNMONITORED_SLOS,
+    VLLM_PREFIX_CACHE,
+    engine_of,
     render_prometheus_rules,
+    rules_document,
 )
 from infra.render.stack import render_fleet
 from infra.render.telemetry import NGINX_RESPONSES, NGINX_UPSTREAM_SECONDS
@@ -37,15 +46,36 @@ ROOT = Path(__file__).resolve().parents[2]
 STACKS = ["dev", "staging", "prod", "onprem-a800"]
 METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
 TIMEOUT_S = 60
+UNIT_TIMEOUT_S = 600  # the mixed fleet's ~200 unit tests, each evaluating every group over an hour of samples
 
 
 def require_promtool() -> str:
     return require_tool("promtool")  # apt: prometheus
 
 
+ENGINES = list(load_catalog().engines)
+MIXED = "mixed"
+"""Not a stack: prod's plan with one more deployment per engine (see :func:`mixed_plan`)."""
+
+
 @cache
 def plan_for(stack: str) -> FleetPlan:
+    if stack == MIXED:
+        return mixed_plan()
     return plan_stack(load_stack(Project(ROOT), stack))
+
+
+def with_engine(d: DeploymentPlan, engine: str) -> DeploymentPlan:
+    """``d`` renamed ``<name>-<engine>`` and run on ``engine`` (the plan's numbers stay: rules only need them)."""
+    return dataclasses.replace(d, deployment=d.deployment.model_copy(update={"name": f"{d.deployment.name}-{engine}"}),
+                               profile=d.profile.model_copy(update={"engine": engine}))
+
+
+def mixed_plan() -> FleetPlan:
+    """prod's deployments (vLLM) plus its first deployment (which has an E2E SLO) once per other engine."""
+    prod = plan_for("prod")
+    others = [with_engine(prod.deployments[0], engine) for engine in ENGINES if engine != "vllm"]
+    return dataclasses.replace(prod, deployments=[*prod.deployments, *others])
 
 
 def rules_text(stack: str) -> str:
@@ -58,13 +88,17 @@ def rules_of(stack: str) -> list[dict[str, Any]]:
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
-def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_promtool(), *args], check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+def signal(d: DeploymentPlan, name: EngineSignal) -> EngineMetric | None:
+    return engine_of(d).metrics.signals.get(name)
+
+
+def run_promtool(*args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_promtool(), *args], check=False, capture_output=True, text=True, timeout=timeout)
 
 
 # -- static checks -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", [*STACKS, MIXED])
 def test_promtool_check_rules(stack: str, tmp_path: Path) -> None:
     path = tmp_path / "gpufleet.rules.yaml"
     path.write_text(rules_text(stack), encoding="utf-8")
@@ -93,7 +127,100 @@ def test_only_pinned_vllm_metric_names(stack: str) -> None:
     assert used <= exposed, f"not exposed by the pinned vLLM: {sorted(used - exposed)}"
 
 
-@pytest.mark.parametrize("stack", STACKS)
+def allowed_samples(engine: InferenceEngine) -> set[str]:
+    """Every sample name of the engine's catalog signals (and failure counter); vLLM's prefix-cache pair."""
+    metrics = list(engine.metrics.signals.values())
+    if engine.metrics.outcomes is not None and engine.metrics.outcomes.failures is not None:
+        metrics.append(engine.metrics.outcomes.failures)
+    names = {m.sample("bucket") if m.kind == "histogram" else m.sample() for m in metrics}
+    if engine.name == "vllm":
+        names |= {f"{name}_total" for name in VLLM_PREFIX_CACHE}
+    return names
+
+
+def test_every_engine_metric_read_is_a_catalog_signal_of_that_engine() -> None:
+    """Every raw series a rule reads with inference_engine="<engine>" is one of that engine's catalog samples,
+    and every engine of the mixed fleet with an endpoint is read."""
+    catalog = load_catalog()
+    seen: dict[str, set[str]] = {}
+    for rule in rules_of(MIXED):
+        for name, matchers in re.findall(r"(?<![\w:])([A-Za-z_][\w:]*)\{([^}]*)\}", rule["expr"]):
+            engine = re.search(r'inference_engine="(\w+)"', matchers)
+            if engine is None:
+                assert not name.startswith(("vllm:", "sglang:", "tgi_", "llamacpp:", "trtllm_")), (rule, name)
+                continue
+            assert 'job="engine"' in matchers, rule
+            assert name in allowed_samples(catalog.engines[engine.group(1)]), (engine.group(1), name)
+            seen.setdefault(engine.group(1), set()).add(name)
+    assert set(seen) == {name for name, e in catalog.engines.items() if e.metrics.path is not None}
+    assert seen["tgi"] >= {"tgi_request_success", "tgi_request_failure", "tgi_request_duration_bucket"}
+
+
+def test_one_rule_group_per_engine_and_one_rule_per_series() -> None:
+    doc = rules_document(plan_for(MIXED))
+    groups = [g["name"] for g in doc["groups"]]
+    assert [g.removeprefix("gpufleet-engine-") for g in groups if g.startswith("gpufleet-engine-")] == [
+        e for e in ENGINES if e != "ollama"]  # Ollama has no metrics: no group
+    prod_groups = [g["name"] for g in rules_document(plan_for("prod"))["groups"]]
+    assert [g for g in prod_groups if g.startswith("gpufleet-engine-")] == ["gpufleet-engine-vllm"]
+    for group in doc["groups"]:  # within a group (one engine), each record name once
+        records = [r["record"] for r in group["rules"] if "record" in r and "labels" not in r]
+        assert len(records) == len(set(records)), group["name"]
+    for group in doc["groups"]:
+        if group["name"].startswith("gpufleet-engine-"):
+            engine = load_catalog().engines[group["name"].removeprefix("gpufleet-engine-")]
+            expected = {SIGNAL_RECORDS[s].format(q="p95") for s in engine.metrics.signals if s in SIGNAL_RECORDS}
+            assert expected <= {r["record"] for r in group["rules"]}, group["name"]
+
+
+def test_plan_info_and_unmonitored_slos() -> None:
+    plan = plan_for(MIXED)
+    rules = [r for r in rules_of(MIXED) if r.get("record", "").startswith("gpufleet:")]
+    for d in plan.deployments:
+        engine = engine_of(d)
+        name = d.deployment.name
+        [info] = [r for r in rules if r["record"] == "gpufleet:plan_info" and r["labels"]["deployment"] == name]
+        assert info["labels"] == {"deployment": name, "inference_engine": engine.name,
+                                  "engine_version": engine.version, "model": d.profile.resolved_served_name}
+        unmonitored = {r["labels"]["slo"] for r in rules
+                       if r["record"] == "gpufleet:slo_unmonitored" and r["labels"]["deployment"] == name}
+        assert unmonitored == {slo for slo, sig in UNMONITORED_SLOS.items() if sig not in engine.metrics.signals}
+    assert {engine_of(d).name for d in plan.deployments
+            if any(r["labels"].get("deployment") == d.deployment.name for r in rules
+                   if r["record"] == "gpufleet:slo_unmonitored")} == {"tgi", "llamacpp", "ollama"}
+
+
+def expected_alerts(d: DeploymentPlan) -> set[str]:
+    """The deployment alerts its engine's signals allow (module doc of prometheus_rules)."""
+    signals = engine_of(d).metrics.signals
+    out = set(DEPLOYMENT_SCENARIOS)
+    if d.deployment.slo.e2e_p95_ms is None:
+        out.discard("GpufleetE2eP95AboveSlo")
+    for alert, needs in (("GpufleetTtftP95AboveSlo", ("ttft_seconds",)),
+                         ("GpufleetTpotP95AboveSlo", ("inter_token_seconds",)),
+                         ("GpufleetQueueGrowingKvCacheFull", ("requests_waiting", "kv_cache_usage")),
+                         ("GpufleetPreemptions", ("preemptions",))):
+        if not all(n in signals for n in needs):
+            out.discard(alert)
+    if engine_of(d).metrics.path is None:
+        out -= {"GpufleetBackendDown", "GpufleetAllBackendsDown"}
+    return out
+
+
+def test_alert_texts_name_the_deployments_engine() -> None:
+    plan = plan_for(MIXED)
+    for d in plan.deployments:
+        engine = engine_of(d)
+        alerts = [r for r in rules_of(MIXED) if r.get("labels", {}).get("deployment") == d.deployment.name
+                  and "alert" in r]
+        text = yaml.safe_dump(alerts)
+        if engine.name != "vllm":
+            assert "vLLM" not in text and "vllm" not in text and "max_num_seqs" not in text, d.deployment.name
+        if engine.metrics.path is not None:
+            assert engine.title in text, d.deployment.name
+
+
+@pytest.mark.parametrize("stack", [*STACKS, MIXED])
 def test_alerts_have_labels_and_annotations(stack: str) -> None:
     plan = plan_for(stack)
     names = {d.deployment.name for d in plan.deployments}
@@ -106,9 +233,11 @@ def test_alerts_have_labels_and_annotations(stack: str) -> None:
         assert "http" not in alert["annotations"]["runbook"]
         if alert["alert"] not in FLEET_SCENARIOS:
             assert alert["labels"]["deployment"] in names, alert["alert"]
-    for d in plan.deployments:  # every deployment gets its SLO alerts
-        no_e2e = {"GpufleetE2eP95AboveSlo"} if d.deployment.slo.e2e_p95_ms is None else set()
-        expected = set(DEPLOYMENT_SCENARIOS) - no_e2e
+    for d in plan.deployments:  # every deployment gets the alerts its engine's signals allow
+        expected = expected_alerts(d)
+        if engine_of(d).name == "vllm":
+            assert expected == set(DEPLOYMENT_SCENARIOS) - (
+                {"GpufleetE2eP95AboveSlo"} if d.deployment.slo.e2e_p95_ms is None else set())
         assert {a["alert"] for a in alerts if a["labels"].get("deployment") == d.deployment.name} == expected
     if stack == "prod":
         assert any(a["alert"] == "GpufleetE2eP95AboveSlo" for a in alerts)
@@ -135,36 +264,70 @@ class Scenario:
     """Further cases (firing or not), e.g. another way the same alert must fire."""
 
 
-def vllm_labels(d: DeploymentPlan, replica: int = 0) -> str:
+def engine_labels(d: DeploymentPlan, replica: int = 0) -> str:
+    """A replica's target labels (deployment, model, inference_engine) as the scrape config sets them."""
     name = d.deployment.name
-    return (f'job="engine",deployment="{name}",instance="{name}-{replica}:8000",'
-            f'model_name="{d.profile.resolved_served_name}",engine="0"')
+    return (f'job="engine",inference_engine="{d.profile.engine}",deployment="{name}",'
+            f'instance="{name}-{replica}:8000",model="{d.profile.resolved_served_name}"')
 
 
 def series(metric: str, labels: str, values: str) -> dict[str, str]:
     return {"series": f"{metric}{{{labels}}}", "values": values}
 
 
-def latency(family: str, slo_s: float) -> Callable[[DeploymentPlan], Scenario]:
-    """Observations all in (slo/2, 2·slo] put p95 at ~1.9·slo; all in (0, slo/2] at ~0.48·slo."""
+def upstream_buckets(d: DeploymentPlan, low: str, high: str, slow: bool) -> Series:
+    lab = f'job="nginx-log",instance="lb-1:3903",deployment="{d.deployment.name}"'
+    return [series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'{lab},le="{low}"', "0x60" if slow else "0+10x60"),
+            series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'{lab},le="{high}"', "0+10x60"),
+            series(f"{NGINX_UPSTREAM_SECONDS}_bucket", f'{lab},le="+Inf"', "0+10x60")]
+
+
+def latency(name: EngineSignal, slo_s: float) -> Callable[[DeploymentPlan], Scenario]:
+    """Observations all in (slo/2, 2·slo] put p95 at ~1.9·slo; all in (0, slo/2] at ~0.48·slo. Without the
+    engine's histogram (E2E only), the LB's upstream-time histogram."""
     def make(d: DeploymentPlan) -> Scenario:
         low, high = repr(slo_s / 2), repr(slo_s * 2)
+        metric = signal(d, name)
 
         def case(slow: bool) -> Series:
-            lab = vllm_labels(d)
-            return [series(f"{family}_bucket", f'{lab},le="{low}"', "0x60" if slow else "0+10x60"),
-                    series(f"{family}_bucket", f'{lab},le="{high}"', "0+10x60"),
-                    series(f"{family}_bucket", f'{lab},le="+Inf"', "0+10x60")]
+            if metric is None:
+                return upstream_buckets(d, low, high, slow)
+            bucket, lab = metric.sample("bucket"), engine_labels(d)
+            return [series(bucket, f'{lab},le="{low}"', "0x60" if slow else "0+10x60"),
+                    series(bucket, f'{lab},le="{high}"', "0+10x60"),
+                    series(bucket, f'{lab},le="+Inf"', "0+10x60")]
         return Scenario(Case(case(True), "30m", [{}]), Case(case(False), "30m", []))
     return make
 
 
+# A concrete label of a finished and of a failed request, per engine with an error signal (the catalog's
+# error matcher selects the second, not the first).
+OUTCOME_LABELS = {"vllm": ('finished_reason="stop"', 'finished_reason="error"'),
+                  "tgi": ("", 'err="generation"'),
+                  "trtllm": ('finished_reason="stop"', None)}
+
+
+def finished(d: DeploymentPlan, per_min: float) -> Series:
+    """The engine's finished-request counter at ``per_min`` (nothing where the engine has none)."""
+    metric = signal(d, "requests_finished")
+    if metric is None:
+        return []
+    ok = OUTCOME_LABELS.get(d.profile.engine, ("", None))[0]
+    return [series(metric.sample(), ",".join(filter(None, (engine_labels(d), ok))), f"0+{per_min!r}x60")]
+
+
 def outcomes(d: DeploymentPlan, error_share: float) -> Series:
+    """100 requests/min, ``error_share`` of them failed: counted by the engine where it can, else as 500s by
+    the LB (the engine then only sees the successes)."""
     per_min = 100
     errors = error_share * per_min
-    return [series("vllm:request_success_total", vllm_labels(d) + ',finished_reason="stop"',
-                   f"0+{per_min - errors!r}x60"),
-            series("vllm:request_success_total", vllm_labels(d) + ',finished_reason="error"', f"0+{errors!r}x60")]
+    engine = engine_of(d)
+    failed_label = OUTCOME_LABELS.get(engine.name, ("", None))[1]
+    if engine.metrics.outcomes is None or engine.metrics.outcomes.error is None or failed_label is None:
+        return finished(d, per_min - errors) + responses(d, error_share, "500")
+    counter = engine.metrics.outcomes.failures or engine.metrics.signals["requests_finished"]
+    return [*finished(d, per_min - errors),
+            series(counter.sample(), f"{engine_labels(d)},{failed_label}", f"0+{errors!r}x60")]
 
 
 def responses(d: DeploymentPlan, share: float, error_status: str) -> Series:
@@ -179,9 +342,9 @@ def fast_burn(d: DeploymentPlan) -> Scenario:
     threshold = FAST_BURN * ERROR_BUDGET
     return Scenario(Case(outcomes(d, threshold * 1.4), "30m", [{}]),
                     Case(outcomes(d, threshold * 0.7), "30m", []),
-                    more=(  # 502s that never reached vLLM burn budget; client errors (429) do not
-                        Case(outcomes(d, 0) + responses(d, threshold * 1.4, "502"), "30m", [{}]),
-                        Case(outcomes(d, 0) + responses(d, 0.5, "429"), "30m", [])))
+                    more=(  # 502s that never reached the engine burn budget; client errors (429) do not
+                        Case(finished(d, 100) + responses(d, threshold * 1.4, "502"), "30m", [{}]),
+                        Case(finished(d, 100) + responses(d, 0.5, "429"), "30m", [])))
 
 
 def slow_burn(d: DeploymentPlan) -> Scenario:
@@ -190,25 +353,35 @@ def slow_burn(d: DeploymentPlan) -> Scenario:
                     Case(outcomes(d, threshold * 0.5), "40m", []))
 
 
+def gauge(d: DeploymentPlan, name: EngineSignal, values: str) -> dict[str, str]:
+    metric = signal(d, name)
+    assert metric is not None
+    return series(metric.sample(), engine_labels(d), values)
+
+
 def queue_kv(d: DeploymentPlan) -> Scenario:
     def case(kv: str) -> Series:
-        return [series("vllm:num_requests_waiting", vllm_labels(d), "0+1x60"),
-                series("vllm:kv_cache_usage_perc", vllm_labels(d), f"{kv}x60")]
+        return [gauge(d, "requests_waiting", "0+1x60"), gauge(d, "kv_cache_usage", f"{kv}x60")]
     return Scenario(Case(case("0.97"), "30m", [{}]), Case(case("0.5"), "30m", []))
 
 
 def preemptions(d: DeploymentPlan) -> Scenario:
-    return Scenario(Case([series("vllm:num_preemptions_total", vllm_labels(d), "0+1x60")], "30m", [{}]),
-                    Case([series("vllm:num_preemptions_total", vllm_labels(d), "0x60")], "30m", []))
+    return Scenario(Case([gauge(d, "preemptions", "0+1x60")], "30m", [{}]),
+                    Case([gauge(d, "preemptions", "0x60")], "30m", []))
+
+
+def up_labels(d: DeploymentPlan, replica: int) -> str:
+    return engine_labels(d, replica).split(",model=")[0]
 
 
 def up_series(d: DeploymentPlan, r0: str, r1: str) -> Series:
-    return [series("up", vllm_labels(d, 0).split(",model_name")[0], f"{r0}x60"),
-            series("up", vllm_labels(d, 1).split(",model_name")[0], f"{r1}x60")]
+    if engine_of(d).metrics.path is None:
+        return []  # no scrape target, no `up`
+    return [series("up", up_labels(d, 0), f"{r0}x60"), series("up", up_labels(d, 1), f"{r1}x60")]
 
 
 def backend_down(d: DeploymentPlan) -> Scenario:
-    down = {"job": "engine", "instance": f"{d.deployment.name}-0:8000"}
+    down = {"job": "engine", "inference_engine": d.profile.engine, "instance": f"{d.deployment.name}-0:8000"}
     return Scenario(Case(up_series(d, "0", "1"), "30m", [down]), Case(up_series(d, "1", "1"), "30m", []))
 
 
@@ -218,27 +391,30 @@ def all_down(d: DeploymentPlan) -> Scenario:
 
 
 def load_above(d: DeploymentPlan) -> Scenario:
+    """Finished requests at 1.5x / 0.5x the capacity; without an engine counter, the LB's 200s (and its 429s,
+    which must not count)."""
     assert d.chosen is not None
     capacity = d.chosen.target_qps_per_replica * d.chosen.replicas
 
     def case(factor: float) -> Series:
         per_min = round(capacity * factor * 60, 3)
-        return [series("vllm:request_success_total", vllm_labels(d) + ',finished_reason="stop"',
-                       f"0+{per_min!r}x60")]
+        if signal(d, "requests_finished") is not None:
+            return finished(d, per_min)
+        lab = f'job="nginx-log",instance="lb-1:3903",deployment="{d.deployment.name}"'
+        return [series(NGINX_RESPONSES, lab + ',status="200"', f"0+{per_min!r}x60"),
+                series(NGINX_RESPONSES, lab + ',status="429"', f"0+{per_min!r}x60")]
     return Scenario(Case(case(1.5), "40m", [{}]), Case(case(0.5), "40m", []))
 
 
 def e2e_latency(d: DeploymentPlan) -> Scenario:
     assert d.deployment.slo.e2e_p95_ms is not None
-    return latency("vllm:e2e_request_latency_seconds", d.deployment.slo.e2e_p95_ms / 1000)(d)
+    return latency("e2e_seconds", d.deployment.slo.e2e_p95_ms / 1000)(d)
 
 
 DEPLOYMENT_SCENARIOS: dict[str, Callable[[DeploymentPlan], Scenario]] = {
     "GpufleetE2eP95AboveSlo": e2e_latency,  # only for deployments whose SLO sets e2eP95Ms
-    "GpufleetTtftP95AboveSlo": lambda d: latency("vllm:time_to_first_token_seconds",
-                                                 d.deployment.slo.ttft_p95_ms / 1000)(d),
-    "GpufleetTpotP95AboveSlo": lambda d: latency("vllm:inter_token_latency_seconds",
-                                                 d.deployment.slo.tpot_p95_ms / 1000)(d),
+    "GpufleetTtftP95AboveSlo": lambda d: latency("ttft_seconds", d.deployment.slo.ttft_p95_ms / 1000)(d),
+    "GpufleetTpotP95AboveSlo": lambda d: latency("inter_token_seconds", d.deployment.slo.tpot_p95_ms / 1000)(d),
     "GpufleetErrorBudgetFastBurn": fast_burn,
     "GpufleetErrorBudgetSlowBurn": slow_burn,
     "GpufleetQueueGrowingKvCacheFull": queue_kv,
@@ -304,7 +480,7 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
     d, other = plan.deployments[:2]
     assert d.chosen is not None
     name = d.deployment.name
-    lab = vllm_labels(d)
+    lab = engine_labels(d)
     def out(record: str) -> str:
         return f'{record}{{deployment="{name}"}}'
     cost = d.chosen.hourly_usd / 3.6  # $/h over 3.6 M tokens/h
@@ -355,15 +531,79 @@ def recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
     }]
 
 
-def test_promtool_unit_tests_every_alert(tmp_path: Path) -> None:
-    plan = plan_for("prod")
+def engine_recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
+    """Each deployment's engine fed its own raw metric names (one replica): every counter at 100/s, every gauge
+    at 3, every histogram with half its observations within 1 s and all within 2 s. Each recorded series of
+    SIGNAL_RECORDS equals that where the engine has the signal and is absent where it has not; the error and
+    abort ratios come from the engine's outcome labels or failure counter."""
+    inputs: Series = []
+    checks: list[dict[str, Any]] = []
+    for d in plan.deployments:
+        engine = engine_of(d)
+        lab = engine_labels(d)
+        for name, metric in engine.metrics.signals.items():
+            if metric.kind == "counter":
+                ok = OUTCOME_LABELS.get(engine.name, ("", None))[0] if name == "requests_finished" else ""
+                inputs.append(series(metric.sample(), ",".join(filter(None, (lab, ok))), "0+6000x60"))
+            elif metric.kind == "gauge":
+                inputs.append(series(metric.sample(), lab, "3x60"))
+            else:
+                inputs += [series(metric.sample("bucket"), f'{lab},le="{le}"', values)
+                           for le, values in (("1", "0+50x60"), ("2", "0+100x60"), ("+Inf", "0+100x60"))]
+        for name, template in SIGNAL_RECORDS.items():
+            metric = engine.metrics.signals.get(name)
+            record = template.format(q="p50")
+            value = {None: None, "counter": 100, "gauge": 3, "histogram": 1}[metric.kind if metric else None]
+            selector = f'{record}{{deployment="{d.deployment.name}"}}'
+            checks.append({"expr": selector, "eval_time": "30m",
+                           "exp_samples": [] if value is None else [{"labels": selector, "value": value}]})
+        outcomes = engine.metrics.outcomes
+        errors = f'deployment:engine_request_errors:ratio_rate5m{{deployment="{d.deployment.name}"}}'
+        aborts = f'deployment:engine_request_aborts:ratio_rate5m{{deployment="{d.deployment.name}"}}'
+        if engine.name == "tgi":  # 6000 successes/min, 60 engine failures, 60 validation failures (the client's)
+            assert outcomes is not None and outcomes.failures is not None
+            inputs += [series(outcomes.failures.sample(), f'{lab},err="generation"', "0+60x60"),
+                       series(outcomes.failures.sample(), f'{lab},err="validation"', "0+60x60")]
+            checks += [{"expr": errors, "eval_time": "30m", "exp_samples": [{"labels": errors, "value": 1 / 102}]},
+                       # no dropped request yet: 0, not "no data"
+                       {"expr": aborts, "eval_time": "30m", "exp_samples": [{"labels": aborts, "value": 0}]}]
+        elif engine.name == "trtllm":  # cancelled streams are aborts; no error label: no engine error series
+            finished_metric = engine.metrics.signals["requests_finished"]
+            inputs.append(series(finished_metric.sample(), f'{lab},finished_reason="cancelled"', "0+1500x60"))
+            requests = f'deployment:engine_requests:rate5m{{deployment="{d.deployment.name}"}}'
+            [check] = [c for c in checks if c["expr"] == requests]
+            check["exp_samples"] = [{"labels": requests, "value": 125}]  # 100/s stopped + 25/s cancelled
+            checks += [{"expr": errors, "eval_time": "30m", "exp_samples": []},
+                       {"expr": aborts, "eval_time": "30m", "exp_samples": [{"labels": aborts, "value": 0.2}]}]
+        elif outcomes is None:
+            checks.append({"expr": errors, "eval_time": "30m", "exp_samples": []})
+    return [{"name": "recording rules per engine", "interval": "1m", "input_series": inputs,
+             "promql_expr_test": checks}]
+
+
+def run_unit_tests(stack: str, tmp_path: Path, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    plan = plan_for(stack)
     rules = tmp_path / "gpufleet.rules.yaml"
-    rules.write_text(rules_text("prod"), encoding="utf-8")
-    alerts = [r for r in rules_of("prod") if "alert" in r]
-    tests = unit_tests(plan, alerts) + recording_tests(plan)
+    rules.write_text(rules_text(stack), encoding="utf-8")
+    alerts = [r for r in rules_of(stack) if "alert" in r]
+    tests = unit_tests(plan, alerts) + extra
     assert len(tests) >= 2 * len(alerts) + 1
     spec = tmp_path / "gpufleet.rules.test.yaml"
     spec.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests},
                                    sort_keys=False), encoding="utf-8")
-    result = run_promtool("test", "rules", str(spec))
+    result = run_promtool("test", "rules", str(spec), timeout=UNIT_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    return alerts
+
+
+def test_promtool_unit_tests_every_alert(tmp_path: Path) -> None:
+    run_unit_tests("prod", tmp_path, recording_tests(plan_for("prod")))
+
+
+def test_promtool_unit_tests_every_alert_of_every_engine(tmp_path: Path) -> None:
+    """The mixed fleet: every alert of every engine's deployment fires and stays quiet on that engine's own
+    metric names (or on the LB's series where the engine has no signal), and every engine's recorded series."""
+    alerts = run_unit_tests(MIXED, tmp_path, engine_recording_tests(plan_for(MIXED)))
+    engines = {engine_of(d).name: d.deployment.name for d in plan_for(MIXED).deployments}
+    for engine in ENGINES:
+        assert any(a["labels"].get("deployment") == engines[engine] for a in alerts), engine

@@ -37,6 +37,8 @@ def test_every_fact_has_a_source_and_a_date(catalog: Catalog) -> None:
     for engine in catalog.engines.values():
         parts = [engine.image, engine.health, engine.metrics, engine.capabilities, engine.throughput]
         sources = [part.source for part in parts] + [engine.flags]
+        if engine.metrics.outcomes is not None:
+            sources.append(engine.metrics.outcomes.source)
         for source in sources:
             assert AS_OF.match(str(source.as_of)), (engine.name, source)
             # A public address, or a file of this repository (a generated flag schema) or of ../shared.

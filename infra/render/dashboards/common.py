@@ -4,7 +4,9 @@ Conventions every dashboard follows (the tests check them):
 
 - every panel and every target uses the ``datasource`` variable (type ``prometheus``), never a fixed uid;
 - raw series are selected by job (:mod:`infra.render.telemetry`) and ``deployment=~"$deployment"``, raw
-  vLLM series also by ``model_name=~"$model"``;
+  engine series also by the engine (``inference_engine``) and the target label ``model=~"$model"``;
+- the variables read the plan's constant series (``gpufleet:plan_replicas``, ``gpufleet:plan_info``), never an
+  engine's own metric, so they list every deployment whatever its engine;
 - counters (``*_total``, histogram ``_bucket``/``_count``/``_sum``, stub_status' ``nginx_connections_accepted``
   and ``_handled``) are read only through ``rate()`` over ``$__rate_interval``; quantiles are
   ``histogram_quantile`` over ``sum by (le, …) (rate(…_bucket[$__rate_interval]))``;
@@ -31,13 +33,13 @@ from infra.render.dashboards.sdk import (
     stat_builders,
     timeseries_builders,
 )
-from infra.render.telemetry import DEPLOYMENT_LABEL, ENGINE_JOB
+from infra.render.telemetry import DEPLOYMENT_LABEL, ENGINE_JOB, ENGINE_LABEL, MODEL_LABEL
 
 DATASOURCE = common_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 DEP = f'{DEPLOYMENT_LABEL}=~"$deployment"'
-MODEL = 'model_name=~"$model"'
-VLLM = f'job="{ENGINE_JOB}",{DEP},{MODEL}'
+MODEL = f'{MODEL_LABEL}=~"$model"'
+VLLM = f'job="{ENGINE_JOB}",{ENGINE_LABEL}="vllm",{DEP},{MODEL}'
 """Label matchers of a raw vLLM series, filtered by both variables."""
 
 SLO_COLOR = "red"
@@ -67,13 +69,14 @@ def deployment_variable() -> dashboard_builders.QueryVariable:
 
 
 def model_variable() -> dashboard_builders.QueryVariable:
-    query = f'label_values(vllm:num_requests_running{{job="{ENGINE_JOB}",{DEP}}}, model_name)'
+    query = f'label_values(gpufleet:plan_info{{{DEP}}}, {MODEL_LABEL})'
     return (dashboard_builders.QueryVariable("model").label("Model").datasource(DATASOURCE)
             .query(query).definition(query).multi(True).include_all(True).all_value(ALL)
             .refresh(dashboard_models.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(dashboard_models.VariableSort.ALPHABETICAL_ASC)
             .current(dashboard_models.VariableOption(selected=True, text="All", value="$__all"))
-            .description("Served model names (vLLM's model_name label) of the selected deployments."))
+            .description("Served model names of the selected deployments, whatever their engine (the plan's "
+                         "gpufleet:plan_info; the scrape config sets the same model label on every engine target)."))
 
 
 # -- queries and panels ---------------------------------------------------------------------------------------
@@ -150,6 +153,19 @@ def stat(title: str, description: str, unit: str, queries: Sequence[Q], *, width
         steps = [dashboard_models.Threshold(value=value, color=color) for value, color in thresholds]
         panel = panel.thresholds(dashboard_builders.ThresholdsConfig()
                                  .mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps(steps))
+    for i, query in enumerate(queries):
+        panel = panel.with_target(_target(query, _ref(i), instant=True))
+    return panel
+
+
+def names(title: str, description: str, queries: Sequence[Q], *, width: int = 6,
+          height: int = 8) -> stat_builders.Panel:
+    """Instant queries of constant series shown by their legend only (e.g. which engine a deployment runs)."""
+    panel = (stat_builders.Panel().title(title).description(description).datasource(DATASOURCE).unit("none")
+             .span(width).height(height).graph_mode(common_models.BigValueGraphMode.NONE)
+             .color_mode(common_models.BigValueColorMode.NONE).text_mode(common_models.BigValueTextMode.NAME)
+             .orientation(common_models.VizOrientation.HORIZONTAL)
+             .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
     for i, query in enumerate(queries):
         panel = panel.with_target(_target(query, _ref(i), instant=True))
     return panel

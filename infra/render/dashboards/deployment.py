@@ -1,9 +1,11 @@
 """Deployment detail: latency distributions, scheduler state, KV cache, preemptions and the GPUs.
 
-Reads raw vLLM series (job ``vllm``) so both variables apply and the windows follow ``$__rate_interval``,
-and dcgm-exporter series (job ``dcgm``, carrying the target label ``deployment`` and the exporter's ``gpu``,
-``UUID``, ``Hostname`` and ``modelName``, the GPU model). Select one deployment to read it as a detail view;
-with several selected, the series are per deployment and the heatmaps add them up.
+Reads raw vLLM series (job ``engine``, ``inference_engine="vllm"``) so both variables apply and the windows
+follow ``$__rate_interval``, and dcgm-exporter series (job ``dcgm``, carrying the target label ``deployment`` and
+the exporter's ``gpu``, ``UUID``, ``Hostname`` and ``modelName``, the GPU model). Select one deployment to read it
+as a detail view; with several selected, the series are per deployment and the heatmaps add them up. The engine
+panels are vLLM's (its queue-time histogram, finished reasons, prefix cache have no counterpart elsewhere); a
+deployment on another engine shows its GPUs here and its engine's series on the fleet overview.
 
 Metric names keep vLLM's colons (``vllm:…``): the project's exporters and the pinned prometheus-client keep them
 (0.23–0.26 as an exporter make Prometheus 2.42 store ``vllm_…``, client_python#1177; see pyproject).
