@@ -218,6 +218,10 @@ class EngineHealth(CatalogModel):
     ready_path: str = Field(
         alias="readyPath", pattern=r"^/", description="Readiness: 200 only once the model can serve."
     )
+    def ready_for(self, model: str) -> str:
+        """The readiness path of a replica serving ``model`` (``{model}`` in readyPath is its name)."""
+        return self.ready_path.replace("{model}", model)
+
     listens_while_loading: bool = Field(
         alias="listensWhileLoading",
         description="False: connections are refused until the weights are loaded (a probe sees 'refused').",

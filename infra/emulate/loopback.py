@@ -165,7 +165,7 @@ class LoopbackFleet:
         engines = load_catalog().engines
         for d in self.plan.deployments:
             assert d.chosen is not None
-            ready_path = engines[d.profile.engine].health.ready_path
+            ready_path = engines[d.profile.engine].health.ready_for(d.profile.resolved_served_name)
             for index in range(self._replica_count(d.chosen.replicas)):
                 port = free_port()
                 args = [gpufleet, "emulate", "-C", str(self.project_dir), "-s", self.plan.stack,

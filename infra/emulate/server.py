@@ -137,7 +137,10 @@ class Emulator:
         self.model = model
         self.inference_engine = inference_engine or load_catalog().engines["vllm"]
         self.on_crash = on_crash
-        self._key_hash = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        # Only engines that read a key from the environment get one from gpufleet (infra/render/engines): the
+        # others (SGLang, Ollama, TensorRT-LLM) serve without a key behind the LB, and so does their emulation.
+        checks_key = self.inference_engine.capabilities.api_key == "env"
+        self._key_hash = hashlib.sha256(api_key.encode()).digest() if api_key and checks_key else None
         self._rng = random.Random(seed)
         self._faults = FaultPlan()
         self._unhung = asyncio.Event()
@@ -260,7 +263,7 @@ class Emulator:
         app.router.add_post("/v1/completions", self._text)
         app.router.add_get("/v1/models", self._models)
         served = self.inference_engine
-        for path in dict.fromkeys((served.health.path, served.health.ready_path)):
+        for path in dict.fromkeys((served.health.path, served.health.ready_for(self.model.name))):
             app.router.add_get(path, self._health)
         if served.name == "vllm":  # vLLM's API server's own extras
             app.router.add_get("/ping", self._health)

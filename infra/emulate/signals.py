@@ -18,7 +18,8 @@ Labels, as far as the catalog records them:
   catalog's note on its metrics source says; vLLM's are ``model_name`` and ``engine``. The catalog records no
   series labels for TGI, llama.cpp or TensorRT-LLM, and the emulator adds none.
 - a signal whose catalog note says ``label finished_reason`` carries it (vLLM, TensorRT-LLM), with the emulated
-  request's reason (``stop``, ``length``, ``abort``, ``error``); the engine's own reason values may differ.
+  request's reason (``stop``, ``length``, ``abort``, ``error``) under the engine's own value where it differs
+  (``FINISH_REASON_VALUES``: TensorRT-LLM's ``cancelled``, and no error value).
 
 Approximations (deliberate):
 
@@ -60,6 +61,12 @@ from infra.plan.simulate import EngineConfig
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FINISHED_REASON = "finished_reason"
+EMULATED_REASONS = ("stop", "length", "abort", "error")
+# The emulated request's finish reason under the engine's own value (engines.yaml ``outcomes``): TensorRT-LLM
+# calls an abort "cancelled" and has no error value (a failed request is an HTTP error, not a finished one).
+FINISH_REASON_VALUES: dict[str, dict[str, str]] = {
+    "trtllm": {"stop": "stop", "length": "length", "abort": "cancelled"},
+}
 SERVED_NAME = None
 """In :data:`ENGINE_SERIES_LABELS`: the label's value is the served model name."""
 
@@ -159,10 +166,12 @@ class SignalSeries:
     """
 
     def __init__(self, engine: InferenceEngine, model_name: str,
-                 finish_reasons: tuple[str, ...] = ("stop", "length", "abort", "error")) -> None:
+                 finish_reasons: tuple[str, ...] = EMULATED_REASONS) -> None:
         self.engine = engine
         self.labels = series_labels(engine, model_name)
-        self._finish_reasons = finish_reasons
+        own = FINISH_REASON_VALUES.get(engine.name)
+        self._reason_values = {r: own[r] for r in finish_reasons if r in own} if own else {r: r for r in finish_reasons}
+        finish_reasons = tuple(self._reason_values.values())
         self._counters: dict[EngineSignal, dict[str, float]] = {}
         self._histograms: dict[EngineSignal, _Histogram] = {}
         for signal, metric in engine.metrics.signals.items():
@@ -187,8 +196,13 @@ class SignalSeries:
         values = self._counters.get(signal)
         if values is None or amount == 0:
             return
-        key = reason if "" not in values else ""
-        if key not in values:
+        if "" in values:
+            values[""] += amount
+            return
+        if reason not in self._reason_values and reason in EMULATED_REASONS:
+            return  # the engine has no value for it (TensorRT-LLM errors): not a finished request
+        key = self._reason_values.get(reason)
+        if key is None:
             raise ValueError(f"unknown finish reason {reason!r}")
         values[key] += amount
 

@@ -1258,7 +1258,7 @@ class Emulator:
         """The replica's server: vLLM's families, or the engine's catalog signals, on its metrics path."""
         cfg, engine = rep.config, rep.config.inference_engine
         target = ((DEPLOYMENT_LABEL, cfg.deployment), (MODEL_LABEL, cfg.served_model_name), (ENGINE_LABEL, engine.name))
-        health = tuple(dict.fromkeys((engine.health.path, engine.health.ready_path)))
+        health = tuple(dict.fromkeys((engine.health.path, engine.health.ready_for(cfg.served_model_name))))
         info = EndpointInfo(f"{engine.name}/{name}", ENGINE_JOB, self.config.host, cfg.port, target,
                             engine.metrics.path, health)
         render: Renderer | None = None

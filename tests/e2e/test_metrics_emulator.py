@@ -431,7 +431,7 @@ def test_every_engine_replica_reports_its_endpoint(engines_emulator: Emulator) -
         assert info.name == f"{name}/d-{name}-0" and info.job == "engine"
         assert dict(info.labels) == {"deployment": f"d-{name}", "model": f"model-{name}", "inference_engine": name}
         assert info.metrics_path == engine.metrics.path
-        assert set(info.health_paths) == {engine.health.path, engine.health.ready_path}
+        assert set(info.health_paths) == {engine.health.path, engine.health.ready_for(f"model-{name}")}
         for path in info.health_paths:
             assert get(f"http://{info.address}{path}")[0] == 200, (name, path)
         if engine.metrics.path is None:  # Ollama: health only, and nothing for Prometheus to scrape
@@ -467,7 +467,7 @@ def test_every_engine_exposes_its_catalog_signals(engines_emulator: Emulator, na
             assert sample.labels == {"model_name": "model-sglang", "engine_type": "unified"}
     if name == "trtllm":
         reasons = {s.labels["finished_reason"] for s in scrape(url)["trtllm_request_success"].samples}
-        assert reasons == {"stop", "length", "abort", "error"}
+        assert reasons == {"stop", "length", "cancelled"}  # TensorRT-LLM's own values (engines.yaml outcomes)
 
 
 def test_engine_replica_knobs(engines_emulator: Emulator) -> None:

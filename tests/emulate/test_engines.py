@@ -49,7 +49,8 @@ async def served_then_scraped(plan: DeploymentPlan, engine: InferenceEngine) -> 
                     assert resp.status == 200
                     await resp.read()
             statuses = {}
-            paths = {engine.health.path, engine.health.ready_path, "/metrics", "/prometheus/metrics", "/ping"}
+            ready = engine.health.ready_for(plan.profile.resolved_served_name)
+            paths = {engine.health.path, ready, "/metrics", "/prometheus/metrics", "/ping"}
             for path in paths:
                 async with http.get(path) as resp:
                     statuses[path] = resp.status
@@ -107,7 +108,8 @@ def test_engine_replica_endpoints_and_metrics(dev_chat: DeploymentPlan, name: st
     plan = on_engine(dev_chat, name)
     emulator, statuses, text = asyncio.run(served_then_scraped(plan, engine))
     assert emulator.inference_engine.name == name
-    assert statuses[engine.health.path] == 200 and statuses[engine.health.ready_path] == 200
+    ready = engine.health.ready_for(plan.profile.resolved_served_name)
+    assert statuses[engine.health.path] == 200 and statuses[ready] == 200
     assert statuses["/ping"] == (200 if name == "vllm" else 404)  # vLLM's extra endpoints stay vLLM's
     for path in ("/metrics", "/prometheus/metrics"):
         assert statuses[path] == (200 if path == engine.metrics.path else 404), (name, path)

@@ -407,6 +407,18 @@ http {{
     assert subprocess.run(agent.check, capture_output=True, check=False).returncode != 0  # the check can fail
 
 
+def test_each_deployment_is_probed_on_its_engines_readiness_path(
+        agent: Agent, chat_fleet: dict[str, list[Replica]]) -> None:
+    """SGLang's /ready, Ollama's /v1/models/<name>: the deployment's health_path, not the default /health."""
+    agent.deployments["chat"]["health_path"] = "/ready"
+    assert agent.run() == 0
+    for ip in (GPU_A, GPU_B):  # the running replicas of this stack (the others are never probed)
+        assert all(replica.probes and set(replica.probes) == {"/ready"} for replica in chat_fleet[ip])
+    chat_ports = agent.deployments["chat"]["ports"]
+    # The stand-ins answer 404 on /ready: not ready, so no chat replica joins.
+    assert agent.upstream("chat") == formats.upstream_conf("chat", [], chat_ports[0], allow_empty=True)
+
+
 # -- failures ----------------------------------------------------------------------------------------------
 
 def valid_document(tmp_path: Path) -> dict[str, Any]:
@@ -420,6 +432,7 @@ def valid_document(tmp_path: Path) -> dict[str, Any]:
     (lambda d: d["deployments"]["chat"].update(ports=[70000]), "'deployments.chat.ports'"),
     (lambda d: d["deployments"].update({"../etc": d["deployments"]["chat"]}), "'deployments.../etc'"),
     (lambda d: d["health"].update(timeout_s="2"), "'health.timeout_s'"),
+    (lambda d: d["deployments"]["chat"].update(health_path="ready"), "'deployments.chat.health_path'"),
     (lambda d: d["upstreams"].update(check="nginx -t"), "'upstreams.check'"),
     (lambda d: d["targets"]["jobs"][0].update(port=None), "'targets.jobs[0].port'"),
     (lambda d: d["targets"]["jobs"][3].update(file="dcgm.json"), "'targets.jobs[3].file'"),

@@ -59,7 +59,7 @@ def test_prometheus_discovered_the_targets(host):
     def discovered() -> None:
         targets = http(host, "http://127.0.0.1:9090/api/v1/targets").json()["data"]["activeTargets"]
         jobs = {t["labels"]["job"] for t in targets}
-        assert {"vllm", "nginx", "nginx-log", "node", "prometheus", "alertmanager"} <= jobs
+        assert {"engine", "nginx", "nginx-log", "node", "prometheus", "alertmanager"} <= jobs
     eventually(discovered)
 
 

@@ -6,8 +6,10 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping
 
+from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan, Option
 from infra.render.artifacts import Artifact
+from infra.render.engines.launch import EngineLaunch
 from infra.render.hostlayout import weights_dir
 from infra.spec.profile import HuggingFaceWeights, ModelProfile, weights_file
 
@@ -77,3 +79,25 @@ def args_artifact(deployment: str, argv: Iterable[str]) -> Artifact:
 
 def shell_words(argv: Iterable[str]) -> str:
     return " ".join(shlex.quote(token) for token in argv)
+
+
+def launch_of(
+    plan: DeploymentPlan,
+    engine: InferenceEngine,
+    *,
+    program: str | None,
+    args: tuple[str, ...],
+    env: tuple[tuple[str, str], ...],
+    entrypoint: str | None = None,
+    api_key_env: str | None = None,
+    config_files: tuple[Artifact, ...] = (),
+) -> EngineLaunch:
+    """An engine's launch with what every builder shares: the pinned image, the readiness path for the served
+    name, and the argv record: ``entrypoint`` or ``program`` (what the image's entrypoint runs; None: the
+    first argument is the program), then ``args``."""
+    head = (entrypoint,) if entrypoint is not None else (program,) if program is not None else ()
+    return EngineLaunch(
+        engine=engine, image=engine.image.pinned, entrypoint=entrypoint, args=args, env=env,
+        api_key_env=api_key_env, ready_path=engine.health.ready_for(plan.profile.resolved_served_name),
+        files=(*config_files, args_artifact(plan.deployment.name, (*head, *args))),
+    )

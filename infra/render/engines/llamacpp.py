@@ -10,10 +10,10 @@ from __future__ import annotations
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan
 from infra.render.engines.common import (
-    args_artifact,
     chosen,
     gguf_container_path,
     gguf_url,
+    launch_of,
     long_options,
     with_engine_args,
 )
@@ -51,9 +51,5 @@ def planned_flags(plan: DeploymentPlan, engine: InferenceEngine) -> dict[str, ob
 
 def llamacpp_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch:
     args = tuple(long_options(with_engine_args(planned_flags(plan, engine), plan.profile)))
-    return EngineLaunch(
-        engine=engine, image=engine.image.pinned, entrypoint=None, args=args,
-        env=(("LLAMA_CACHE", LLAMA_CACHE),), api_key_env=engine.capabilities.api_key_env,
-        ready_path=engine.health.ready_path,
-        files=(args_artifact(plan.deployment.name, ("llama-server", *args)),),
-    )
+    return launch_of(plan, engine, program="llama-server", args=args, env=(("LLAMA_CACHE", LLAMA_CACHE),),
+                     api_key_env=engine.capabilities.api_key_env)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan
 from infra.render.artifacts import Artifact
-from infra.render.engines.common import args_artifact, chosen, gguf_container_path, shell_words
+from infra.render.engines.common import chosen, gguf_container_path, launch_of, shell_words
 from infra.render.engines.launch import EngineLaunch, container_config_path
 from infra.render.hostlayout import CONTAINER_MODELS
 from infra.spec.profile import HuggingFaceWeights, ModelProfile
@@ -82,11 +82,7 @@ def ollama_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch
     model_path, script_path = f"engines/{name}.Modelfile", f"engines/{name}.ollama.sh"
     script = start_script(plan, container_config_path(model_path))
     args = (container_config_path(script_path),)
-    return EngineLaunch(
-        engine=engine, image=engine.image.pinned, entrypoint="/bin/sh", args=args,
-        env=environment(plan, engine), api_key_env=None,
-        ready_path=f"/v1/models/{plan.profile.resolved_served_name}",
-        files=(Artifact(model_path, "engine-config", name, modelfile(plan)),
-               Artifact(script_path, "engine-config", name, script),
-               args_artifact(name, ("/bin/sh", *args))),
-    )
+    return launch_of(plan, engine, program="/bin/sh", entrypoint="/bin/sh", args=args,
+                     env=environment(plan, engine),
+                     config_files=(Artifact(model_path, "engine-config", name, modelfile(plan)),
+                                   Artifact(script_path, "engine-config", name, script)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan
-from infra.render.engines.common import args_artifact, checkpoint, chosen, with_engine_args
+from infra.render.engines.common import checkpoint, chosen, launch_of, with_engine_args
 from infra.render.engines.launch import EngineLaunch
 from infra.render.hostlayout import CONTAINER_HF_HOME
 from infra.render.vllm_flags import load_engine_schema, to_cli_args
@@ -53,8 +53,5 @@ def sglang_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch
     flags = with_engine_args(planned_flags(plan, engine), plan.profile)
     # Checked against SGLang's parser: validate already rejected bad engineArgs, so a failure is a gpufleet bug.
     args = ("-m", "sglang.launch_server", *to_cli_args(flags, schema))
-    return EngineLaunch(
-        engine=engine, image=engine.image.pinned, entrypoint="python3", args=args,
-        env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=None, ready_path=engine.health.ready_path,
-        files=(args_artifact(plan.deployment.name, ("python3", *args)),),
-    )
+    return launch_of(plan, engine, program="python3", entrypoint="python3", args=args,
+                     env=(("HF_HOME", CONTAINER_HF_HOME),))

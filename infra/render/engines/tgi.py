@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan
-from infra.render.engines.common import args_artifact, checkpoint, chosen, long_options, with_engine_args
+from infra.render.engines.common import checkpoint, chosen, launch_of, long_options, with_engine_args
 from infra.render.engines.launch import EngineLaunch
 from infra.render.hostlayout import CONTAINER_HF_HOME
 from infra.spec.profile import HuggingFaceWeights
@@ -50,9 +50,5 @@ def planned_flags(plan: DeploymentPlan, engine: InferenceEngine) -> dict[str, ob
 
 def tgi_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch:
     args = tuple(long_options(with_engine_args(planned_flags(plan, engine), plan.profile)))
-    return EngineLaunch(
-        engine=engine, image=engine.image.pinned, entrypoint=None, args=args,
-        env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=engine.capabilities.api_key_env,
-        ready_path=engine.health.ready_path,
-        files=(args_artifact(plan.deployment.name, ("text-generation-launcher", *args)),),
-    )
+    return launch_of(plan, engine, program="text-generation-launcher", args=args,
+                     env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=engine.capabilities.api_key_env)

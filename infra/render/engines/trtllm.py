@@ -13,7 +13,7 @@ import yaml
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan
 from infra.render.artifacts import Artifact
-from infra.render.engines.common import args_artifact, checkpoint, chosen, long_options, with_engine_args
+from infra.render.engines.common import checkpoint, chosen, launch_of, long_options, with_engine_args
 from infra.render.engines.launch import EngineLaunch, container_config_path
 from infra.render.hostlayout import CONTAINER_HF_HOME
 from infra.spec.profile import HuggingFaceWeights
@@ -56,8 +56,6 @@ def trtllm_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch
     header = (f"# TensorRT-LLM {engine.version} LLM-API options of deployment '{name}' (rendered by gpufleet; "
               "do not edit).\n")
     options = header + yaml.safe_dump(llm_api_options(plan), sort_keys=True, default_flow_style=False)
-    return EngineLaunch(
-        engine=engine, image=engine.image.pinned, entrypoint=None, args=args,
-        env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=None, ready_path=engine.health.ready_path,
-        files=(Artifact(options_path, "engine-config", name, options), args_artifact(name, args)),
-    )
+    # The release image's entrypoint runs its command as given: trtllm-serve is the first argument.
+    return launch_of(plan, engine, program=None, args=args, env=(("HF_HOME", CONTAINER_HF_HOME),),
+                     config_files=(Artifact(options_path, "engine-config", name, options),))

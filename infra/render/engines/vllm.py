@@ -15,6 +15,7 @@ def vllm_launch(plan: DeploymentPlan, engine: InferenceEngine) -> EngineLaunch:
     return EngineLaunch(
         engine=engine, image=engine.image.pinned, entrypoint=None,
         args=(model_argument(plan.profile), "--config", f"{CONTAINER_CONFIG}/{config_path(name)}"),
-        env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=API_KEY_ENV, ready_path=engine.health.ready_path,
+        env=(("HF_HOME", CONTAINER_HF_HOME),), api_key_env=API_KEY_ENV,
+        ready_path=engine.health.ready_for(plan.profile.resolved_served_name),
         files=tuple(render_vllm(plan)),
     )
