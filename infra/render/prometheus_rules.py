@@ -24,7 +24,7 @@ sample name the engine exposes, histograms from their ``_bucket``), selected wit
 ``{job="engine",inference_engine="<engine>"}``. So a record name appears once per engine, and each
 deployment's series come from exactly one rule. :data:`SIGNAL_RECORDS` is the one signal -> series mapping; a
 signal the engine does not expose records nothing. vLLM's prefix-cache hit ratio is not a catalog signal and is
-recorded for vLLM only.
+recorded for vLLM only. Each engine's rules add the label ``inference_engine`` to what they record.
 
 Errors: two sources, recorded separately and combined into ``deployment:request_errors:ratio_rate<W>``
 (the worse of the two), which the burn-rate alerts read. The engine's count of failed requests (the catalog's
@@ -206,7 +206,9 @@ def engine_rules(engine: InferenceEngine) -> list[dict[str, Any]]:
         rules.append({"record": "deployment:engine_prefix_cache_hits:ratio_rate5m",
                       "expr": f"sum by (deployment) (rate({hits}_total{{{sel}}}[5m]))"
                               f" / sum by (deployment) (rate({queries}_total{{{sel}}}[5m]))"})
-    return rules
+    # The engine as a rule label: every engine's group records the same names, and promtool's duplicate-rules
+    # lint (same name, same labels) would flag them; the label also tells a series' engine at a glance.
+    return [{**rule, "labels": {ENGINE_LABEL: engine.name}} for rule in rules]
 
 
 def recording_rules() -> list[dict[str, Any]]:
@@ -298,6 +300,15 @@ def _has(engine: InferenceEngine, *signals: EngineSignal) -> bool:
 
 
 def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
+    """The deployment's alerts, each labelled with its engine (whether its expression reads an engine series
+    or the LB's), so routes and silences can select an engine."""
+    alerts = _deployment_alerts(d)
+    for alert in alerts:
+        alert["labels"][ENGINE_LABEL] = d.profile.engine
+    return alerts
+
+
+def _deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
     """The deployment's alerts, each only where its engine has the signal (fallbacks: module doc)."""
     assert d.chosen is not None
     engine = engine_of(d)

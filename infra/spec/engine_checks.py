@@ -69,7 +69,8 @@ def _check_precision(
         if name in catalog.quantization and name not in caps.quantizations:
             served = ", ".join(caps.quantizations) or "no quantization method"
             others = _engines_with(catalog, name, "quantizations")
-            yield locator.issue(path, f"{engine.title} does not serve {name} weights",
+            what = "unquantized (none)" if name == "none" else name
+            yield locator.issue(path, f"{engine.title} does not serve {what} weights",
                                 f"{engine.name} serves {served}; {name} is served by {others}")
     yield from _check_online_quantization(profile, engine, locator, catalog)
     file = profile.weights.file if isinstance(profile.weights, HuggingFaceWeights) else None

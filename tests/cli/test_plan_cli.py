@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from infra.catalog import load_catalog
+from tests.engine_profiles import on_engine
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "spec" / "fixture"
@@ -171,7 +172,7 @@ def engine_project(tmp_path: Path, engine: str) -> Path:
     shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
     path = tmp_path / "stacks" / "models" / "chat-8b.yaml"
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    doc["engine"] = engine
+    on_engine(doc, engine)
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return tmp_path
 

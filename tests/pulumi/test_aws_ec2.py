@@ -120,6 +120,12 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
     return provision(fleet_of("staging"), tmp_path_factory.mktemp("staging"))
 
 
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
+    ensure_event_loop()
+    return provision(fleet_of("engines"), tmp_path_factory.mktemp("engines"))
+
+
 def test_resource_graph_matches_the_reviewed_snapshot(dev: Provisioned, staging: Provisioned) -> None:
     assert_snapshot("aws-ec2-dev", dev.mocks.resources)
     assert_snapshot("aws-ec2-staging", staging.mocks.resources)
@@ -168,7 +174,7 @@ def user_data_of(resource: Registered) -> str:
     return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
 
 
-@pytest.mark.parametrize("which", ["dev", "staging"])
+@pytest.mark.parametrize("which", ["dev", "staging", "engines"])
 def test_user_data_is_the_render_and_passes_cloud_init_schema(which: str, request: pytest.FixtureRequest,
                                                               tmp_path: Path) -> None:
     fleet: Provisioned = request.getfixturevalue(which)

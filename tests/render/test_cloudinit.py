@@ -27,6 +27,7 @@ from infra.render.cloudinit import (
     render_cloudinit,
     render_user_data,
 )
+from infra.render.engines import engine_launch
 from infra.render.stack import render_fleet
 from infra.render.systemd import (
     VLLM_IMAGE,
@@ -41,14 +42,14 @@ from infra.render.telemetry import (
     NODE_EXPORTER_IMAGE,
     NODE_EXPORTER_PORT,
 )
-from infra.render.vllm import API_KEY_ENV, VLLM_VERSION, render_vllm
+from infra.render.vllm import API_KEY_ENV, VLLM_VERSION
 from infra.spec.load import Project, load_stack
 from infra.spec.profile import S3Weights
 from infra.spec.secrets import SecretRef
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-EC2_STACKS = ["dev", "staging"]
+EC2_STACKS = ["dev", "staging", "engines"]
 SECRET_VALUE = re.compile(rf"{API_KEY_ENV}=[^%]|sk-[A-Za-z0-9]")
 
 
@@ -127,13 +128,14 @@ def test_write_files_are_exactly_the_rendered_config_and_units(stack: str) -> No
     fleet_artifacts = set(render_fleet(plan(stack)))
     for deployment, artifact in user_data(stack):
         written = files(parse(artifact))
-        embedded = ([a for a in render_vllm(deployment) if a.kind == "vllm-config"] + render_vllm_units(deployment)
-                    + render_gpu_exporter_units())
+        launch = engine_launch(deployment)
+        embedded = [*launch.config_files, *render_vllm_units(deployment), *render_gpu_exporter_units()]
         assert sorted(embedded) == embedded_artifacts(deployment)
         assert set(embedded) <= fleet_artifacts  # the same files `gpufleet render` writes and the PR shows
         expected = {host_path(a): a.content for a in embedded}
         name = deployment.deployment.name
-        assert f"/etc/gpufleet/vllm/{name}.yaml" in expected
+        assert {f"/etc/gpufleet/{a.path}" for a in launch.config_files} <= set(expected)
+        assert (f"/etc/gpufleet/vllm/{name}.yaml" in expected) == (deployment.profile.engine == "vllm")
         assert f"/etc/systemd/system/gpufleet-vllm-{name}@.service" in expected
         non_scripts = {p: e for p, e in written.items() if not p.startswith(SCRIPT_DIR + "/")}
         assert set(non_scripts) == set(expected)
@@ -160,7 +162,8 @@ def test_api_key_comes_from_the_secret_at_boot_into_a_0600_env_file(stack: str) 
             assert "aws ssm get-parameter" in script and "--with-decryption" in script
         assert "umask 077\n" in script and 'chmod 0600 "${tmp}"\n' in script
         assert f'mv -f "${{tmp}}" {target}\n' in script
-        assert f"printf '{API_KEY_ENV}=%s\\n' \"${{key}}\"" in script  # a builtin: the value is not in argv
+        variable = engine_launch(deployment).key_file_var  # VLLM_API_KEY for vLLM
+        assert f"printf '{variable}=%s\\n' \"${{key}}\"" in script  # a builtin: the value is not in argv
         assert "AWS_EC2_METADATA_V1_DISABLED=true" in script
         assert "169.254.169.254" not in artifact.content  # nothing reads instance metadata directly
 
@@ -179,9 +182,10 @@ def test_gpus_verified_image_pinned_and_slots_enabled(stack: str) -> None:
         assert "nvidia-ctk --version" in verify and "docker info --format '{{json .Runtimes}}'" in verify
         start = written[f"{SCRIPT_DIR}/start-vllm.sh"]["content"]
         assert VLLM_IMAGE == f"vllm/vllm-openai:v{VLLM_VERSION}" == "vllm/vllm-openai:v0.33.0"
-        assert f"docker pull --quiet {VLLM_IMAGE} " in start
-        assert re.findall(r"vllm/vllm-openai:\S+", artifact.content) and all(
-            image == VLLM_IMAGE for image in re.findall(r"vllm/vllm-openai:[^\s\"']+", artifact.content))
+        image = engine_launch(deployment).image  # VLLM_IMAGE for vLLM, the engine's pin otherwise
+        assert f"docker pull --quiet {image} " in start
+        assert all(found == VLLM_IMAGE for found in re.findall(r"vllm/vllm-openai:[^\s\"']+", artifact.content))
+        assert (VLLM_IMAGE in artifact.content) == (deployment.profile.engine == "vllm")
         slots = gpu_count // deployment.chosen.config.tp
         units = " ".join(instance_name(deployment.deployment.name, i) for i in range(slots))
         assert "systemctl daemon-reload\n" in start and f"\nsystemctl enable {units}\n" in start

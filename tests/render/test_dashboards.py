@@ -38,7 +38,7 @@ from tests.render.test_prometheus_rules import mixed_plan
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["dev", "staging", "prod", "onprem-a800"]
+STACKS = ["dev", "staging", "prod", "onprem-a800", "engines"]
 METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
 NAMES = ("gpufleet-fleet", "gpufleet-deployment", "gpufleet-loadbalancer")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

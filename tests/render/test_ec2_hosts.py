@@ -44,7 +44,7 @@ from tests.render.test_systemd_compose import systemd_root
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-EC2_STACKS = ["dev", "staging"]
+EC2_STACKS = ["dev", "staging", "engines"]
 PLAY_HOSTS = re.compile(r"play #\d+ \([^)]*\): (?P<name>[^\t\n]+).*?hosts \(\d+\):(?P<hosts>(?:\n {6}\S+)*)", re.S)
 SECRET = re.compile(r"\{\{ gpufleet_secrets\['([a-z0-9_]+)'\] \}\}")
 

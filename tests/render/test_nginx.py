@@ -33,7 +33,7 @@ from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["dev", "staging", "prod", "onprem-a800"]
+STACKS = ["dev", "staging", "prod", "onprem-a800", "engines"]
 KEY = "sk-test-not-a-real-key"
 RATE_KEY = "sk-test-rate-limit-key"  # its own rate bucket, so the 429 test does not starve the others
 TIMEOUT_S = 10

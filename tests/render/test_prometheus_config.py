@@ -35,7 +35,7 @@ from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
-HOST_STACKS = ["dev", "staging", "onprem-a800"]
+HOST_STACKS = ["dev", "staging", "onprem-a800", "engines"]
 TIMEOUT_S = 60
 
 

@@ -43,7 +43,7 @@ from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["dev", "staging", "prod", "onprem-a800"]
+STACKS = ["dev", "staging", "prod", "onprem-a800", "engines"]
 METRICS_TSV = ROOT.parent / "shared" / "reference" / "vllm-0.33-metrics.tsv"
 TIMEOUT_S = 60
 UNIT_TIMEOUT_S = 600  # the mixed fleet's ~200 unit tests, each evaluating every group over an hour of samples
@@ -581,12 +581,28 @@ def engine_recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
              "promql_expr_test": checks}]
 
 
+def engine_labelled(plan: FleetPlan, tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The expected samples of series an engine's rules record carry that engine (the rules' static label)."""
+    engine_records = {rule["record"] for group in rules_document(plan)["groups"]
+                      if group["name"].startswith("gpufleet-engine-") for rule in group["rules"]}
+    engines = {d.deployment.name: d.profile.engine for d in plan.deployments}
+    for test in tests:
+        for check in test.get("promql_expr_test", []):
+            for sample in check["exp_samples"]:
+                name, _, rest = sample["labels"].partition("{")
+                deployment = re.search(r'deployment="([^"]+)"', rest)
+                if name in engine_records and deployment and 'inference_engine="' not in rest:
+                    engine = engines[deployment.group(1)]
+                    sample["labels"] = f'{name}{{{rest.rstrip("}")},inference_engine="{engine}"}}'
+    return tests
+
+
 def run_unit_tests(stack: str, tmp_path: Path, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     plan = plan_for(stack)
     rules = tmp_path / "gpufleet.rules.yaml"
     rules.write_text(rules_text(stack), encoding="utf-8")
     alerts = [r for r in rules_of(stack) if "alert" in r]
-    tests = unit_tests(plan, alerts) + extra
+    tests = engine_labelled(plan, unit_tests(plan, alerts) + extra)
     assert len(tests) >= 2 * len(alerts) + 1
     spec = tmp_path / "gpufleet.rules.test.yaml"
     spec.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests},

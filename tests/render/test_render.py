@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
-STACKS = ["dev", "staging", "prod", "onprem-a800"]
+STACKS = ["dev", "staging", "prod", "onprem-a800", "engines"]
 KINDS = {"vllm-config", "vllm-args", "nginx-conf", "systemd-unit", "cloud-init", "dockerfile", "k8s-manifest",
          "prometheus-config", "prometheus-rules", "alertmanager-config", "grafana-dashboard", "ansible-vars",
          "compose"}

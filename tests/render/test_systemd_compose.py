@@ -22,6 +22,7 @@ from infra.catalog import load_catalog
 from infra.plan.optimize import FleetPlan, plan_stack
 from infra.render.artifacts import Artifact
 from infra.render.compose import COMPOSE_FILE, fits_one_host, render_compose
+from infra.render.engines import engine_launch
 from infra.render.hostlayout import VLLM_PORT
 from infra.render.placement import place_onprem
 from infra.render.stack import render_fleet
@@ -41,7 +42,7 @@ from infra.spec.load import Project, load_stack
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["dev", "staging", "prod", "onprem-a800"]
+STACKS = ["dev", "staging", "prod", "onprem-a800", "engines"]
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 SECRET_PATTERN = re.compile(rf"{API_KEY_ENV}\s*[=:]|sk-[A-Za-z0-9]")
 
@@ -127,8 +128,13 @@ def test_vllm_units_run_the_pinned_image_on_disjoint_gpus(stack: str) -> None:
         service = unit["Service"]
         start = service["ExecStart"].split()
         assert start[:2] == [DOCKER, "run"] and "--rm" in start and "--ipc=host" in start
-        assert f"vllm/vllm-openai:v{VLLM_VERSION}" == VLLM_IMAGE and VLLM_IMAGE in start
-        assert start[start.index("--env") + 1] == API_KEY_ENV  # by name: the value stays in the env file
+        launch = engine_launch(deployment)
+        assert f"vllm/vllm-openai:v{VLLM_VERSION}" == VLLM_IMAGE
+        assert launch.image in start and (launch.image == VLLM_IMAGE) == (deployment.profile.engine == "vllm")
+        if launch.api_key_env is not None:  # by name: the value stays in the env file
+            assert start[start.index("--env") + 1] == launch.api_key_env
+        else:
+            assert not any(v.startswith(launch.key_file_var) for v in start)
         assert service["EnvironmentFile"] == f"/etc/gpufleet/vllm/{name}.env"
         assert any(v.endswith(":/etc/gpufleet:ro") for i, v in enumerate(start) if start[i - 1] == "--volume")
         assert service["Restart"] == "on-failure" and int(service["RestartSec"]) > 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.catalog import load_catalog
 from infra.plan.optimize import FleetPlan, plan_deployment, plan_stack
@@ -23,6 +24,7 @@ from infra.report.cost import QPS_MULTIPLES, memory_parts, monthly_at
 from infra.report.svg import nice_ticks
 from infra.report.whatif import naive_sizing
 from infra.spec.load import LoadedStack, Project, load_stack
+from tests.engine_profiles import on_engine
 from tests.tooling import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +220,7 @@ def test_an_uncalibrated_engine_marks_the_report_as_an_estimate(tmp_path: Path) 
     shutil.copytree(ROOT / "stacks", project / "stacks")
     shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
     profile = project / "stacks" / "models" / "qwen2.5-7b-instruct.yaml"
-    profile.write_text(profile.read_text() + "engine: llamacpp\n")
+    profile.write_text(yaml.safe_dump(on_engine(yaml.safe_load(profile.read_text()), "llamacpp"), sort_keys=False))
     done = gpufleet("report", "-s", "dev", "-o", str(tmp_path / "out"), "-C", str(project))
     assert done.returncode == 0, done.stderr
     document = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -22,6 +22,7 @@ from infra.plan.pricing import HOURS_PER_MONTH, Price, prices
 from infra.plan.replica import DoesNotFit
 from infra.spec.load import LoadedStack, Project, load_stack
 from infra.spec.stack import Deployment
+from tests import engine_profiles
 
 catalog = load_catalog()
 FIXTURE = Path(__file__).resolve().parents[1] / "spec" / "fixture"
@@ -336,26 +337,35 @@ def test_spot_alone_does_not_carry_an_n_plus_one_fleet(tmp_path: Path) -> None:
 
 def on_engine(engine: str) -> Edit:
     def edit(profile: dict[str, Any]) -> None:
-        profile["engine"] = engine
+        engine_profiles.on_engine(profile, engine)
+
+    return edit
+
+
+def relaxed_busy_eks() -> Edit:
+    """8 req/s with an SLO Ollama can meet at all (its single-request TTFT is over the fixture's 1.2 s)."""
+    def edit(config: dict[str, Any]) -> None:
+        busy_eks(8, "none")(config)
+        deployment_of(config)["slo"].update(ttftP95Ms=5000, tpotP95Ms=200)
 
     return edit
 
 
 def test_a_slower_engine_needs_more_replicas_for_the_same_load(tmp_path: Path) -> None:
-    """llama.cpp at 0.65× vLLM's throughput: each replica carries less within the SLO, so the same traffic
-    needs more replicas and costs more; the plan says its figures are an estimate."""
-    vllm_plan = plan_stack(stack_in(tmp_path / "a", "k8s", busy_eks(8, "none"), {"chat-8b": on_engine("vllm")}))
-    cpp_plan = plan_stack(stack_in(tmp_path / "b", "k8s", busy_eks(8, "none"), {"chat-8b": on_engine("llamacpp")}))
-    vllm, cpp = chosen(vllm_plan), chosen(cpp_plan)
-    factor = catalog.engines["llamacpp"].throughput.factor
-    assert cpp.config == vllm.config  # the same replica shape (the stack allows one GPU, no TP)
-    assert cpp.capacity.saturation_qps == pytest.approx(factor * vllm.capacity.saturation_qps, rel=1e-6)
-    assert cpp.capacity.max_qps < vllm.capacity.max_qps
-    assert cpp.replicas > vllm.replicas
-    assert cpp.hourly_usd > vllm.hourly_usd
-    assert cpp.replica.memory == vllm.replica.memory  # the engine's speed, not its memory
-    assert (vllm_plan.deployments[0].estimate, cpp_plan.deployments[0].estimate) == (False, True)
-    assert cpp_plan.deployments[0].engine.name == "llamacpp"
+    """The same GGUF weights on Ollama (0.3× vLLM's throughput) and llama.cpp (0.65×): each Ollama replica
+    carries less within the SLO, so the same traffic needs more replicas and costs more; both are estimates."""
+    fast_plan = plan_stack(stack_in(tmp_path / "a", "k8s", relaxed_busy_eks(), {"chat-8b": on_engine("llamacpp")}))
+    slow_plan = plan_stack(stack_in(tmp_path / "b", "k8s", relaxed_busy_eks(), {"chat-8b": on_engine("ollama")}))
+    fast, slow = chosen(fast_plan), chosen(slow_plan)
+    factor = catalog.engines["ollama"].throughput.factor / catalog.engines["llamacpp"].throughput.factor
+    assert slow.config == fast.config  # the same replica shape (the stack allows one GPU, no TP)
+    assert slow.capacity.saturation_qps == pytest.approx(factor * fast.capacity.saturation_qps, rel=1e-6)
+    assert slow.capacity.max_qps < fast.capacity.max_qps
+    assert slow.replicas > fast.replicas
+    assert slow.hourly_usd > fast.hourly_usd
+    assert slow.replica.memory == fast.replica.memory  # the engine's speed, not its memory
+    assert (fast_plan.deployments[0].estimate, slow_plan.deployments[0].estimate) == (True, True)
+    assert slow_plan.deployments[0].engine.name == "ollama"
 
 
 def test_an_engine_at_factor_one_plans_exactly_as_vllm(tmp_path: Path) -> None:
