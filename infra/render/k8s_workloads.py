@@ -1,11 +1,12 @@
-"""The vLLM workloads of an eks stack as Kubernetes objects (kind ``k8s-manifest``; pure render, no Pulumi).
+"""The inference-engine workloads of an eks stack as Kubernetes objects (kind ``k8s-manifest``; pure render, no Pulumi).
 
 Rendered files (relative to the render directory):
 
 - ``k8s/workloads/namespace.yaml`` — the ``gpufleet`` Namespace, once per stack;
-- ``k8s/workloads/<deployment>.yaml`` — per deployment, in apply order: ConfigMap (the vLLM config file of
-  :func:`infra.render.vllm.render_vllm`), Service, Deployment, PodDisruptionBudget and KEDA ScaledObject,
-  all named ``gpufleet-vllm-<deployment>``.
+- ``k8s/workloads/<deployment>.yaml`` — per deployment, in apply order: ConfigMap (the engine's rendered files,
+  :mod:`infra.render.engines`: vLLM's config, TensorRT-LLM's options, Ollama's script and Modelfile), Service,
+  Deployment, PodDisruptionBudget and KEDA ScaledObject (none for an engine without a queue metric: Ollama),
+  all named ``gpufleet-vllm-<deployment>`` whatever the engine.
 
 Why ``gpufleet-vllm-<deployment>`` and not ``vllm-<deployment>``: the dcgm-exporter PodMonitor
 (:func:`infra.render.prometheus_config.pod_monitors`) attributes each GPU to a deployment by the name of the
@@ -13,9 +14,10 @@ pod using it, ``gpufleet-vllm-(<deployment>)-<replicaset hash>-<pod hash>``; and
 would turn a Service ``vllm-x`` into ``VLLM_X_*`` variables, which vLLM reads as its own settings (vLLM docs,
 "Using Kubernetes": never name a Service ``vllm``). Pods also set ``enableServiceLinks: false``.
 
-The replica runs exactly as the systemd unit runs it (infra/render/systemd.py): the pinned image, the
-positional model and ``--config`` at the same container path, HF_HOME in the host's model cache, the API key
-from the environment. The API key Secret (:data:`API_KEY_SECRET`) is created at deploy time from the stack's
+The replica runs exactly as the systemd unit runs it (infra/render/systemd.py): the engine's image, entrypoint
+and arguments, its files at the same container paths, the model cache from the host, the API key from the
+environment where the engine reads one; probes on the engine's health and readiness paths.
+The API key Secret (:data:`API_KEY_SECRET`) is created at deploy time from the stack's
 secret and never rendered.
 
 The GPU node groups (infra/provision/aws/eks.py) carry the labels and taint defined here

@@ -1,10 +1,11 @@
-"""systemd units for a GPU host: one template unit per deployment for its vLLM replicas, and the LB.
+"""systemd units for a GPU host: one template unit per deployment for its engine replicas, and the LB.
 
 Layout (paths relative to the render directory; installed under /etc/systemd/system/):
 
 - ``systemd/gpufleet-vllm-<deployment>@.service`` — template unit; the instance is the replica slot on
-  the host (0, 1, ...). It runs the pinned ``vllm/vllm-openai`` image with ``docker run`` in the
-  foreground (``--rm``; systemd owns the lifecycle, not docker's restart policy).
+  the host (0, 1, ...). It runs the deployment's engine (its image, entrypoint and arguments,
+  :mod:`infra.render.engines`; vLLM: the pinned ``vllm/vllm-openai``) with ``docker run`` in the foreground
+  (``--rm``; systemd owns the lifecycle, not docker's restart policy).
 - ``systemd/gpufleet-vllm-<deployment>@<slot>.service.d/slot.conf`` — one drop-in per slot that fits the
   deployment's machine (``gpu_count // tp`` slots): ``GPUFLEET_GPUS`` (the slot's GPU ids, tp×slot …
   tp×slot+tp−1) and ``GPUFLEET_PORT`` (VLLM_PORT + slot on the host). systemd has no arithmetic on ``%i``,
