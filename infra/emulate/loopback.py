@@ -19,7 +19,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.catalog import load_catalog
 from infra.emulate.processes import (
     Service,
     alertmanager,
@@ -162,10 +161,9 @@ class LoopbackFleet:
         gpufleet = program("gpufleet")
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
-        engines = load_catalog().engines
         for d in self.plan.deployments:
             assert d.chosen is not None
-            ready_path = engines[d.profile.engine].health.ready_for(d.profile.resolved_served_name)
+            ready_path = d.engine.health.ready_for(d.profile.resolved_served_name)
             for index in range(self._replica_count(d.chosen.replicas)):
                 port = free_port()
                 args = [gpufleet, "emulate", "-C", str(self.project_dir), "-s", self.plan.stack,

@@ -175,7 +175,7 @@ class Emulator:
         config = replica.engine_config()
         model = served_model(plan.profile, config.max_model_len,
                              round(plan.deployment.traffic.output_tokens.mean_tokens))
-        inference_engine = load_catalog().engines[plan.profile.engine]
+        inference_engine = plan.engine
         metrics = replica_metrics(
             inference_engine,
             model.name,

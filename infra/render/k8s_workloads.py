@@ -359,7 +359,7 @@ def disruption_budget(plan: DeploymentPlan) -> dict[str, Any]:
 
 def waiting_metric(plan: DeploymentPlan) -> EngineMetric | None:
     """The engine's waiting-requests gauge (what KEDA scales on); None where the engine has none (Ollama)."""
-    return engine_launch(plan).engine.metrics.signals.get("requests_waiting")
+    return plan.engine.metrics.signals.get("requests_waiting")
 
 
 def autoscaled(plan: DeploymentPlan) -> bool:

@@ -215,7 +215,7 @@ def service_monitor(plan: DeploymentPlan) -> dict[str, Any]:
     engine's metrics path."""
     name = plan.deployment.name
     labels = deployment_labels(plan)
-    path = load_catalog().engines[plan.profile.engine].metrics.path
+    path = plan.engine.metrics.path
     assert path is not None  # render_kubernetes_monitors leaves out engines without metrics
     return {
         "apiVersion": "monitoring.coreos.com/v1",
@@ -306,7 +306,7 @@ def k8s_documents(docs: Iterable[dict[str, Any]], stack: str) -> str:
 
 
 def has_metrics(plan: DeploymentPlan) -> bool:
-    return load_catalog().engines[plan.profile.engine].metrics.path is not None
+    return plan.engine.metrics.path is not None
 
 
 def render_kubernetes_monitors(plan: FleetPlan) -> list[Artifact]:

@@ -133,10 +133,6 @@ def _q(quantile: float) -> str:
     return f"p{round(quantile * 100)}"
 
 
-def engine_of(d: DeploymentPlan) -> InferenceEngine:
-    return load_catalog().engines[d.profile.engine]
-
-
 def engine_selector(engine: InferenceEngine) -> str:
     """The label matchers of every raw series of one engine's replicas."""
     return f'job="{ENGINE_JOB}",{ENGINE_LABEL}="{engine.name}"'
@@ -257,7 +253,7 @@ def plan_rules(deployments: Iterable[DeploymentPlan]) -> list[dict[str, Any]]:
     for d in deployments:
         assert d.chosen is not None
         name = d.deployment.name
-        engine = engine_of(d)
+        engine = d.engine
         capacity = d.chosen.target_qps_per_replica * d.chosen.replicas
         for record, value in (("gpufleet:plan_hourly_usd", d.chosen.hourly_usd),
                               ("gpufleet:plan_replicas", d.chosen.replicas),
@@ -311,7 +307,7 @@ def deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
 def _deployment_alerts(d: DeploymentPlan) -> list[dict[str, Any]]:
     """The deployment's alerts, each only where its engine has the signal (fallbacks: module doc)."""
     assert d.chosen is not None
-    engine = engine_of(d)
+    engine = d.engine
     title = engine.title
     name = d.deployment.name
     sel = f'deployment="{name}"'
@@ -455,7 +451,7 @@ def e2e_alert(d: DeploymentPlan) -> list[dict[str, Any]]:
     if e2e_ms is None:
         return []
     name = d.deployment.name
-    engine = engine_of(d)
+    engine = d.engine
     if _has(engine, "e2e_seconds"):
         series = "deployment:engine_e2e_seconds:p95_5m"
         what = "End-to-end request latency p95"

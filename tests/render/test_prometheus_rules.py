@@ -33,7 +33,6 @@ from infra.render.prometheus_rules import (
     SLOW_BURN,
     UNMONITORED_SLOS,
     VLLM_PREFIX_CACHE,
-    engine_of,
     render_prometheus_rules,
     rules_document,
 )
@@ -89,7 +88,7 @@ def rules_of(stack: str) -> list[dict[str, Any]]:
 
 
 def signal(d: DeploymentPlan, name: EngineSignal) -> EngineMetric | None:
-    return engine_of(d).metrics.signals.get(name)
+    return d.engine.metrics.signals.get(name)
 
 
 def run_promtool(*args: str, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -177,7 +176,7 @@ def test_plan_info_and_unmonitored_slos() -> None:
     plan = plan_for(MIXED)
     rules = [r for r in rules_of(MIXED) if r.get("record", "").startswith("gpufleet:")]
     for d in plan.deployments:
-        engine = engine_of(d)
+        engine = d.engine
         name = d.deployment.name
         [info] = [r for r in rules if r["record"] == "gpufleet:plan_info" and r["labels"]["deployment"] == name]
         assert info["labels"] == {"deployment": name, "inference_engine": engine.name,
@@ -185,14 +184,14 @@ def test_plan_info_and_unmonitored_slos() -> None:
         unmonitored = {r["labels"]["slo"] for r in rules
                        if r["record"] == "gpufleet:slo_unmonitored" and r["labels"]["deployment"] == name}
         assert unmonitored == {slo for slo, sig in UNMONITORED_SLOS.items() if sig not in engine.metrics.signals}
-    assert {engine_of(d).name for d in plan.deployments
+    assert {d.engine.name for d in plan.deployments
             if any(r["labels"].get("deployment") == d.deployment.name for r in rules
                    if r["record"] == "gpufleet:slo_unmonitored")} == {"tgi", "llamacpp", "ollama"}
 
 
 def expected_alerts(d: DeploymentPlan) -> set[str]:
     """The deployment alerts its engine's signals allow (module doc of prometheus_rules)."""
-    signals = engine_of(d).metrics.signals
+    signals = d.engine.metrics.signals
     out = set(DEPLOYMENT_SCENARIOS)
     if d.deployment.slo.e2e_p95_ms is None:
         out.discard("GpufleetE2eP95AboveSlo")
@@ -202,7 +201,7 @@ def expected_alerts(d: DeploymentPlan) -> set[str]:
                          ("GpufleetPreemptions", ("preemptions",))):
         if not all(n in signals for n in needs):
             out.discard(alert)
-    if engine_of(d).metrics.path is None:
+    if d.engine.metrics.path is None:
         out -= {"GpufleetBackendDown", "GpufleetAllBackendsDown"}
     return out
 
@@ -210,7 +209,7 @@ def expected_alerts(d: DeploymentPlan) -> set[str]:
 def test_alert_texts_name_the_deployments_engine() -> None:
     plan = plan_for(MIXED)
     for d in plan.deployments:
-        engine = engine_of(d)
+        engine = d.engine
         alerts = [r for r in rules_of(MIXED) if r.get("labels", {}).get("deployment") == d.deployment.name
                   and "alert" in r]
         text = yaml.safe_dump(alerts)
@@ -235,7 +234,7 @@ def test_alerts_have_labels_and_annotations(stack: str) -> None:
             assert alert["labels"]["deployment"] in names, alert["alert"]
     for d in plan.deployments:  # every deployment gets the alerts its engine's signals allow
         expected = expected_alerts(d)
-        if engine_of(d).name == "vllm":
+        if d.engine.name == "vllm":
             assert expected == set(DEPLOYMENT_SCENARIOS) - (
                 {"GpufleetE2eP95AboveSlo"} if d.deployment.slo.e2e_p95_ms is None else set())
         assert {a["alert"] for a in alerts if a["labels"].get("deployment") == d.deployment.name} == expected
@@ -321,7 +320,7 @@ def outcomes(d: DeploymentPlan, error_share: float) -> Series:
     the LB (the engine then only sees the successes)."""
     per_min = 100
     errors = error_share * per_min
-    engine = engine_of(d)
+    engine = d.engine
     failed_label = OUTCOME_LABELS.get(engine.name, ("", None))[1]
     if engine.metrics.outcomes is None or engine.metrics.outcomes.error is None or failed_label is None:
         return finished(d, per_min - errors) + responses(d, error_share, "500")
@@ -375,7 +374,7 @@ def up_labels(d: DeploymentPlan, replica: int) -> str:
 
 
 def up_series(d: DeploymentPlan, r0: str, r1: str) -> Series:
-    if engine_of(d).metrics.path is None:
+    if d.engine.metrics.path is None:
         return []  # no scrape target, no `up`
     return [series("up", up_labels(d, 0), f"{r0}x60"), series("up", up_labels(d, 1), f"{r1}x60")]
 
@@ -539,7 +538,7 @@ def engine_recording_tests(plan: FleetPlan) -> list[dict[str, Any]]:
     inputs: Series = []
     checks: list[dict[str, Any]] = []
     for d in plan.deployments:
-        engine = engine_of(d)
+        engine = d.engine
         lab = engine_labels(d)
         for name, metric in engine.metrics.signals.items():
             if metric.kind == "counter":
@@ -620,6 +619,6 @@ def test_promtool_unit_tests_every_alert_of_every_engine(tmp_path: Path) -> None
     """The mixed fleet: every alert of every engine's deployment fires and stays quiet on that engine's own
     metric names (or on the LB's series where the engine has no signal), and every engine's recorded series."""
     alerts = run_unit_tests(MIXED, tmp_path, engine_recording_tests(plan_for(MIXED)))
-    engines = {engine_of(d).name: d.deployment.name for d in plan_for(MIXED).deployments}
+    engines = {d.engine.name: d.deployment.name for d in plan_for(MIXED).deployments}
     for engine in ENGINES:
         assert any(a["labels"].get("deployment") == engines[engine] for a in alerts), engine

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from infra.catalog import load_catalog
 from infra.catalog.schema import InferenceEngine
 from infra.plan.optimize import DeploymentPlan, FleetPlan
 from infra.render.artifacts import Artifact
@@ -28,8 +27,7 @@ BUILDERS: dict[str, Builder] = {
 
 
 def engine_launch(plan: DeploymentPlan) -> EngineLaunch:
-    engine = load_catalog().engines[plan.profile.engine]
-    return BUILDERS[engine.name](plan, engine)
+    return BUILDERS[plan.engine.name](plan, plan.engine)
 
 
 def render_engines(plan: FleetPlan) -> list[Artifact]:
