@@ -232,6 +232,9 @@ class EngineHealth(CatalogModel):
 class EngineMetric(CatalogModel):
     name: str = Field(description="The metric family as the engine exposes it (without _total/_bucket).")
     kind: Literal["counter", "gauge", "histogram"]
+    labels: tuple[str, ...] = Field(
+        default=(), description="Labels of the metric beyond the engine's constant ones (finished_reason)."
+    )
     total_suffix: bool = Field(
         alias="totalSuffix", default=True,
         description="Counters: the sample is <name>_total (Python's prometheus_client, llama.cpp); false where "

@@ -17,7 +17,7 @@ Labels, as far as the catalog records them:
   served name) and ``engine_type`` (``unified``, a server without prefill/decode disaggregation), as the
   catalog's note on its metrics source says; vLLM's are ``model_name`` and ``engine``. The catalog records no
   series labels for TGI, llama.cpp or TensorRT-LLM, and the emulator adds none.
-- a signal whose catalog note says ``label finished_reason`` carries it (vLLM, TensorRT-LLM), with the emulated
+- a signal whose catalog ``labels`` name ``finished_reason`` carries it (vLLM, TensorRT-LLM), with the emulated
   request's reason (``stop``, ``length``, ``abort``, ``error``) under the engine's own value where it differs
   (``FINISH_REASON_VALUES``: TensorRT-LLM's ``cancelled``, and no error value).
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -111,12 +110,9 @@ ENGINE_SERIES_LABELS: dict[str, tuple[tuple[str, str | None], ...]] = {
 }
 """Labels on every series of an engine (engines.yaml key -> (label, value or SERVED_NAME)); none elsewhere."""
 
-_NOTE_LABEL = re.compile(r"\blabel ([a-z_]+)")
-
-
 def signal_labels(metric: EngineMetric) -> tuple[str, ...]:
-    """The labels of one signal beyond the engine's constant ones: those its catalog note names (``label x``)."""
-    labels = tuple(_NOTE_LABEL.findall(metric.note or ""))
+    """The labels of one signal beyond the engine's constant ones (the catalog's ``labels``)."""
+    labels = metric.labels
     unknown = set(labels) - {FINISHED_REASON}
     if unknown:
         raise ValueError(f"{metric.name}: the emulator cannot fill the label(s) {', '.join(sorted(unknown))}")
