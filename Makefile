@@ -37,10 +37,9 @@ typecheck: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/gpufleet schemas
 
-# loadgroup: the end-to-end modules share one loopback fleet per xdist group (see tests/e2e); the rest is
-# spread test by test.
+# Two xdist workers, and beside them the `wallclock` tests that mostly sleep: scripts/run-tests.sh.
 unit: $(STAMP)
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	scripts/run-tests.sh
 
 # Debian packages the tests run for real (nginx with njs, openssl): scripts/apt-packages.txt.
 system-deps:

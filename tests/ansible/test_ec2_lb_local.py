@@ -36,6 +36,7 @@ from infra.provision.aws.bundle import Bundle, write_bundle
 from infra.render.stack import render_fleet
 from infra.spec.load import Project, load_stack
 from tests.ansible.runner import BIN, ROOT, XDIST_GROUP, machine_lock
+from tests.infra.probe import eventually
 from tests.tooling import require_tool
 
 pytestmark = pytest.mark.xdist_group(XDIST_GROUP)
@@ -208,8 +209,15 @@ def test_discovery_admits_the_replica_and_nginx_routes_to_it(host: Host, replica
     found = discover(host)
     assert found.returncode == 0, found.stdout + found.stderr
     assert f"server {replica}:8000 " in (UPSTREAM / "chat.conf").read_text()
-    status, body = request(host, API_KEY)
-    assert status == 200, body
+
+    def routed() -> str:
+        status, body = request(host, API_KEY)
+        assert status == 200, body
+        return body
+
+    # `nginx reload` returns once the master has its SIGHUP: until the new workers take over, an old one may
+    # still answer from the config without the replica (a CI run got its 502 at once after discovery).
+    body = eventually(routed, timeout_s=10, interval_s=0.2)
     assert json.loads(body)["choices"]
     assert request(host, None)[0] == 401
     again = discover(host)

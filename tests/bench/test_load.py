@@ -79,11 +79,11 @@ def test_poisson_sends_rate_times_duration_with_exponential_gaps(fake: FakeOpenA
     # The schedule is the planner's own Poisson pattern for the seed (common random numbers) ...
     schedule = poisson(rate, n, 1, 1, seed=0).arrivals_s
     assert schedule[-1] < duration <= schedule[-1] + 0.1
-    # ... and the sends follow it: late by a loop iteration. The worst one only bounds a stall of the machine
-    # (a busy CI worker has paused the loop for 0.28 s); a loop that waited for the 50 ms responses would fall
-    # seconds behind.
+    # ... and the sends follow it: late by a loop iteration, or by the GIL's 5 ms switch interval while this
+    # process's server thread holds it. The worst one only bounds a stall of the machine (a busy CI worker has
+    # paused the loop for 0.28 s); a loop that waited for the 50 ms responses would fall seconds behind.
     lateness = sorted(s - t for s, t in zip(sent, schedule, strict=True))
-    assert lateness[0] >= -1e-6 and lateness[len(lateness) // 2] < 0.005 and lateness[-1] < 1.0
+    assert lateness[0] >= -1e-6 and lateness[len(lateness) // 2] < 0.010 and lateness[-1] < 1.0
     gaps = sorted(b - a for a, b in itertools.pairwise(schedule))
     assert sum(gaps) / len(gaps) == pytest.approx(1 / rate, rel=0.2)
     # Kolmogorov-Smirnov distance of the gaps to Exp(rate); 1.63/sqrt(n) is the 1% critical value.
@@ -94,23 +94,35 @@ def test_poisson_sends_rate_times_duration_with_exponential_gaps(fake: FakeOpenA
 
 
 def test_closed_loop_keeps_exactly_n_in_flight(fake: FakeOpenAI) -> None:
-    # Requests of different lengths, so the four clients drift apart instead of finishing in lockstep.
-    fake.reset(Behaviour(ttft_s=0.03, token_s=0.003))
+    # Output lengths vary (log-normal), so the four clients drift apart instead of finishing in lockstep. The
+    # per-token delay makes a request long (~0.1 s) beside a client's turnaround: a loopback round trip plus the
+    # wait for the GIL, which this process's server thread can hold for the 5 ms switch interval (a loaded CI
+    # machine measured 83 % of the time at four with 3 ms tokens; CI failed its 90 % bound).
+    fake.reset(Behaviour(ttft_s=0.02, token_s=0.008))
     result = bench(fake, inputs=10, outputs=10, concurrency=4, requests=40,
                    lengths=LengthSource(FixedLengths(distribution="fixed", value=10),
                                         LogNormalLengths(mean=12, p95=30)))
     assert len(result.outcomes) == 40 and all(o.ok for o in result.outcomes)
     assert fake.max_in_flight == 4
     assert [r.in_flight for r in fake.records[:4]] == [1, 2, 3, 4]
-    # From the 4th arrival to the last one, the server sees 4 requests nearly all the time: a client's next
-    # request follows its previous response at once (each gap is a loopback round trip, ~1 ms of ~70).
+    # The k-th completion frees the slot of request k + 4, which follows at once: a lockstep loop (wait for
+    # all four, then send four) would wait tens of ms for the slowest of a batch instead.
+    completions, before = [], 0
+    for t, count in fake.changes:
+        if count < before:
+            completions.append(t)
+        before = count
+    turnarounds = sorted(r.arrived - done for r, done in zip(fake.records[4:], completions, strict=False))
+    assert len(turnarounds) == 36 and turnarounds[0] >= 0
+    assert turnarounds[len(turnarounds) // 2] < 0.010
+    # From the 4th arrival to the last one, the server sees 4 requests nearly all the time (lockstep: ~30 %).
     start, end = fake.records[3].arrived, fake.records[-1].arrived
     at_four = 0.0
     for (t, count), (t_next, _) in itertools.pairwise(fake.changes):
         lo, hi = max(t, start), min(t_next, end)
         if hi > lo and count == 4:
             at_four += hi - lo
-    assert at_four / (end - start) > 0.9
+    assert at_four / (end - start) > 0.8
 
 
 def test_closed_loop_stops_after_duration(fake: FakeOpenAI) -> None:
