@@ -37,9 +37,10 @@ typecheck: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/gpufleet schemas
 
-# Two xdist workers, and beside them the `wallclock` tests that mostly sleep: scripts/run-tests.sh.
+# loadgroup: the end-to-end modules share one loopback fleet per xdist group (see tests/e2e); the rest is
+# spread test by test.
 unit: $(STAMP)
-	scripts/run-tests.sh
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # Debian packages the tests run for real (nginx with njs, openssl): scripts/apt-packages.txt.
 system-deps:

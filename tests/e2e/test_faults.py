@@ -1,9 +1,8 @@
 """Faults on the loopback fleet (tests/e2e/fixture): a replica killed mid-load, and a hung replica.
 
 These take minutes of wall-clock time because the rendered timings are real: the backend-down alert waits
-`for: 2m` and Alertmanager groups warnings for 1 m; the LB's read timeout is 60 s. They mostly wait, so they
-are marked ``wallclock``: `make test` runs them in a pytest process of their own beside the two xdist workers
-(scripts/run-tests.sh). Each runs its own fleet in its own xdist group for a plain `pytest -n 2`.
+`for: 2m` and Alertmanager groups warnings for 1 m; the LB's read timeout is 60 s. Each test runs its own
+fleet in its own xdist group, so the two run side by side with the rest of the suite.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ async def open_loop(fleet: LoopbackFleet, model: str, on_start: float) -> list[O
         return list(await asyncio.gather(*tasks))
 
 
-@pytest.mark.wallclock
 @pytest.mark.xdist_group("faults-kill")
 def test_a_killed_replica_costs_only_its_streams_pages_and_rejoins(
         tmp_path_factory: pytest.TempPathFactory, webhook: services.WebhookReceiver) -> None:
@@ -79,7 +77,6 @@ def test_a_killed_replica_costs_only_its_streams_pages_and_rejoins(
         services.wait_until(rejoined, 60, "the restarted replica serving again", interval_s=1)
 
 
-@pytest.mark.wallclock
 @pytest.mark.xdist_group("faults-hang")
 def test_a_hung_replica_is_cut_off_by_the_read_timeout(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A replica that accepts connections and never answers: the LB's proxy_read_timeout (rendered: 60 s
