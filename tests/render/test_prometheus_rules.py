@@ -600,6 +600,7 @@ def run_unit_tests(plan: FleetPlan, rules_yaml: str, alerts: list[dict[str, Any]
                    tmp_path: Path) -> None:
     tests = engine_labelled(plan, unit_tests(plan, alerts) + extra)
     assert len(tests) >= 2 * len(alerts) + len(extra)
+    tmp_path.mkdir(exist_ok=True)
     rules = tmp_path / "gpufleet.rules.yaml"
     rules.write_text(rules_yaml, encoding="utf-8")
     spec = tmp_path / "gpufleet.rules.test.yaml"
@@ -629,21 +630,22 @@ def test_promtool_unit_tests_every_alert_of_every_engine(tmp_path: Path) -> None
     deployments and engines (Prometheus evaluates groups independently): promtool evaluates every group at
     every step of every test, so the whole file for each of ~200 tests took 60-90 s. One deployment per engine:
     prod's other vLLM deployments are tested on prod's file above."""
-    plan, document = plan_for(MIXED), yaml.safe_load(rules_text(MIXED))
-    first_per_engine = {d.profile.engine: d for d in reversed(plan.deployments)}
+    plan, text = plan_for(MIXED), rules_text(MIXED)
+    groups = yaml.safe_load(text)["groups"]
+    first_per_engine: dict[str, DeploymentPlan] = {}
+    for d in plan.deployments:
+        first_per_engine.setdefault(d.profile.engine, d)
     tested = set()
-    for d in first_per_engine.values():
-        groups = [g for g in document["groups"] if not belongs_elsewhere(g, d)]
-        alerts = [r for g in groups for r in g["rules"] if r.get("labels", {}).get("deployment") == d.deployment.name
-                  and "alert" in r]
+    for engine, d in first_per_engine.items():
+        own_groups = [g for g in groups if not belongs_elsewhere(g, d)]
+        alerts = [r for g in own_groups for r in g["rules"]
+                  if "alert" in r and r["labels"].get("deployment") == d.deployment.name]
         alone = dataclasses.replace(plan, deployments=[d])
-        directory = tmp_path / d.deployment.name
-        directory.mkdir()
-        run_unit_tests(alone, yaml.safe_dump({"groups": groups}, sort_keys=False), alerts,
-                       engine_recording_tests(alone), directory)
-        tested |= {d.profile.engine} if alerts else set()
+        run_unit_tests(alone, yaml.safe_dump({"groups": own_groups}, sort_keys=False), alerts,
+                       engine_recording_tests(alone), tmp_path / d.deployment.name)
+        if alerts:
+            tested.add(engine)
     assert tested == set(ENGINES)
-    fleet_alerts = [r for r in rules_of(MIXED) if "alert" in r and "deployment" not in r["labels"]]
+    fleet_alerts = [r for g in groups for r in g["rules"] if "alert" in r and "deployment" not in r["labels"]]
     assert fleet_alerts
-    (tmp_path / "fleet").mkdir()
-    run_unit_tests(plan, rules_text(MIXED), fleet_alerts, [], tmp_path / "fleet")
+    run_unit_tests(plan, text, fleet_alerts, [], tmp_path / "fleet")
